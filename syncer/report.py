@@ -1,0 +1,57 @@
+"""What `syncer status` and `syncer search` show: read-only queries over a source's objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .queries import query
+from .sources import Source
+
+
+@dataclass(frozen=True)
+class Status:
+    source: str
+    rows: int
+    embedded: int
+    queued: int
+    failed: int
+    oldest_seconds: float | None
+    last_error: str | None
+
+
+def status(conn: psycopg.Connection, source: Source) -> Status:
+    row = conn.execute(query("report", "status", **source.parts())).fetchone()
+    assert row is not None
+    return Status(source.name, *row)
+
+
+def search(
+    conn: psycopg.Connection, source: Source, embedding: np.ndarray, k: int, filter: dict[str, Any] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of the ``k`` rows most similar to ``embedding``."""
+    cur = conn.execute(
+        query("report", "search", search_fn=source.search_fn),
+        {"embedding": embedding, "k": k, "filter": Jsonb(filter) if filter is not None else None},
+    )
+    return [d.name for d in cur.description or []], cur.fetchall()
+
+
+def format_table(headers: list[str], rows: list[tuple[Any, ...]], width: int = 60) -> str:
+    """A plain aligned text table; long cells are cut to ``width`` characters."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Every knob, from ``SYNCER_*`` environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_NAME = 40  # leaves room for the suffixes of derived objects within PostgreSQL's 63 bytes
+
+
+class ConfigError(Exception):
+    """A configuration problem the user must fix; the message names the culprit."""
+
+
+def _check_identifier(value: str, what: str) -> str:
+    if not IDENTIFIER.match(value) or len(value) > 63:
+        raise ValueError(f"{what} {value!r} is not a plain SQL identifier (letters, digits, _)")
+    return value
+
+
+def _split_qualified(name: str, what: str) -> tuple[str | None, str]:
+    parts = name.split(".")
+    if len(parts) > 2:
+        raise ValueError(f"{what} {name!r} has more than one '.'")
+    for part in parts:
+        _check_identifier(part, what)
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+class SourceConfig(BaseModel):
+    """One table whose text syncer keeps embedded."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    table: str
+    columns: tuple[str, ...] = ()
+    template: str | None = None
+    key: tuple[str, ...] = ()
+    target: str | None = None
+    name: str | None = None
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        _split_qualified(value, "table")
+        return value
+
+    @field_validator("columns", "key")
+    @classmethod
+    def _columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for column in value:
+            _check_identifier(column, "column")
+        if len(set(value)) != len(value):
+            raise ValueError(f"columns {list(value)} repeat a name")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_qualified(value, "target")
+        return value
+
+    @model_validator(mode="after")
+    def _text_and_name(self) -> Self:
+        if bool(self.columns) == bool(self.template):
+            raise ValueError(f"source {self.table!r}: give exactly one of 'columns' or 'template'")
+        if self.template is not None:
+            template_fields(self.template)
+        if self.name is not None:
+            _check_identifier(self.name, "source name")
+        if len(self.source_name) > MAX_NAME:
+            raise ValueError(f"source name {self.source_name!r} is longer than {MAX_NAME} characters")
+        return self
+
+    @property
+    def source_name(self) -> str:
+        return self.name or _split_qualified(self.table, "table")[1]
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The columns whose text is embedded, in order of first use."""
+        if self.template is None:
+            return self.columns
+        return tuple(dict.fromkeys(f for _, f in template_pieces(self.template) if f))
+
+
+def template_pieces(template: str) -> list[tuple[str, str | None]]:
+    """Split "{title}\\n\\n{body}" into (literal text, column or None) pieces."""
+    pieces: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is not None and (spec or conversion):
+            raise ValueError(f"template field {{{field}}} may not have a format spec or conversion")
+        if field is not None:
+            _check_identifier(field, "template field")
+        pieces.append((literal, field))
+    return pieces
+
+
+def template_fields(template: str) -> list[str]:
+    try:
+        fields = [f for _, f in template_pieces(template) if f]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r}: {exc}") from None
+    if not fields:
+        raise ValueError(f"template {template!r} names no column")
+    return fields
+
+
+class Settings(BaseSettings):
+    """syncer's configuration. Build once (``Settings()``) and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCER_", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL; unset starts an embedded server in data_dir"
+    )
+    data_dir: Path = Path(".syncer")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    provider: str = "sentence-transformers"
+    model: str = "all-MiniLM-L6-v2"
+    device: str | None = None
+    batch_size: int = Field(512, ge=1, description="rows claimed per batch (the window sorted by length)")
+    encode_batch_size: int = Field(16, ge=1, description="texts per model forward pass")
+    poll_interval: float = Field(5.0, gt=0, description="seconds between polls of the queue")
+    lease_seconds: float = Field(300.0, gt=0, description="how long a claimed batch stays ours")
+    retry_base_seconds: float = Field(10.0, gt=0, description="first backoff of a failing row")
+    retry_max_seconds: float = Field(3600.0, gt=0, description="longest backoff of a failing row")
+    notify: bool = Field(True, description="wake workers with NOTIFY; off means poll only")
+    index_after_rows: int = Field(
+        10_000, ge=0, description="backfills larger than this build the HNSW index after loading"
+    )
+    application_name: str = "syncer"
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.source_name for s in sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(duplicated)}")
+        return sources
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.source_name == name:
+                return source
+        known = ", ".join(s.source_name for s in self.sources) or "none configured"
+        raise ConfigError(f"unknown source {name!r} (known: {known})")
+
+    def masked(self) -> dict[str, object]:
+        """Effective settings, printable: secrets masked."""
+        return self.model_dump(mode="json") | {
+            "database_url": "**********" if self.database_url else None
+        }

@@ -1,0 +1,293 @@
+"""What a source is in the database, checked against the catalog, and its objects created idempotently.
+
+A source's objects: its queue (``syncer.<name>_queue``), capture triggers, the embedding store
+(``<table>_embeddings`` unless configured), its HNSW index and the search function
+(``syncer.search_<name>``). All identifiers are composed with ``psycopg.sql``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .queries import query
+from .settings import ConfigError, SourceConfig, template_pieces
+
+log = logging.getLogger(__name__)
+
+WHITESPACE = " \t\r\n"
+PARAGRAPH = "\n\n"
+RESERVED_COLUMNS = ("query_embedding", "match_count", "filter", "similarity")
+SYNCER_SCHEMA = "syncer"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A configured source resolved against the live catalog."""
+
+    config: SourceConfig
+    schema: str
+    table_name: str
+    keys: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # (name, SQL type) of every column of the table
+    store_schema: str
+    store_name: str
+
+    @property
+    def name(self) -> str:
+        return self.config.source_name
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table_name}"
+
+    @property
+    def qualified_store(self) -> str:
+        return f"{self.store_schema}.{self.store_name}"
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table_name)
+
+    @property
+    def store(self) -> sql.Identifier:
+        return sql.Identifier(self.store_schema, self.store_name)
+
+    @property
+    def queue(self) -> sql.Identifier:
+        return sql.Identifier(SYNCER_SCHEMA, f"{self.name}_queue")
+
+    @property
+    def index_name(self) -> str:
+        return f"syncer_{self.name}_hnsw"
+
+    @property
+    def search_fn(self) -> sql.Identifier:
+        return sql.Identifier(SYNCER_SCHEMA, f"search_{self.name}")
+
+    def key_list(self, alias: str | None = None) -> sql.Composed:
+        """``k1, k2`` or ``alias.k1, alias.k2``."""
+        return sql.SQL(", ").join(_column(alias, k) for k in self.keys)
+
+    def keys_equal(self, left: str, right: str) -> sql.Composed:
+        """``left.k1 = right.k1 AND ...``: joins that use the key indexes."""
+        return sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(_column(left, k), _column(right, k)) for k in self.keys
+        )
+
+    def text(self) -> sql.Composable:
+        """SQL for the text to embed from row alias ``t``: NULL when there is nothing to embed."""
+        if self.config.template is None:
+            parts = [sql.SQL("nullif({}::text, '')").format(_column("t", c)) for c in self.config.columns]
+            joined = sql.SQL("concat_ws({}, {})").format(sql.Literal(PARAGRAPH), sql.SQL(", ").join(parts))
+            return sql.SQL("nullif(btrim({}, {}), '')").format(joined, sql.Literal(WHITESPACE))
+        pieces: list[sql.Composable] = []
+        for literal, field in template_pieces(self.config.template):
+            if literal:
+                pieces.append(sql.Literal(literal))
+            if field:
+                pieces.append(sql.SQL("{}::text").format(_column("t", field)))
+        any_field = sql.SQL(", ").join(
+            sql.SQL("nullif({}::text, '')").format(_column("t", f)) for f in self.config.text_columns
+        )
+        return sql.SQL("CASE WHEN num_nonnulls({}) = 0 THEN NULL ELSE nullif(btrim(concat({}), {}), '') END").format(
+            any_field, sql.SQL(", ").join(pieces), sql.Literal(WHITESPACE)
+        )
+
+    @cached_property
+    def _parts(self) -> dict[str, sql.Composable]:
+        aliases = "tqec"  # source row, queue row, stored vector, claimed/current batch row
+        joins = ("t_is_e", "q_is_p", "t_is_c", "e_is_c", "t_is_o", "e_is_g")
+        return (
+            {"table": self.table, "store": self.store, "queue": self.queue, "keys": self.key_list()}
+            | {"text": self.text()}
+            | {f"{a}_keys": self.key_list(a) for a in aliases}
+            | {j: self.keys_equal(j[0], j[-1]) for j in joins}
+        )
+
+    def parts(self) -> dict[str, sql.Composable]:
+        """Placeholders shared by the per-source SQL blocks (tables, key lists, key joins, text)."""
+        return dict(self._parts)
+
+
+def _column(alias: str | None, column: str) -> sql.Identifier:
+    return sql.Identifier(alias, column) if alias else sql.Identifier(column)
+
+
+def _split(qualified: str) -> tuple[str | None, str]:
+    schema, _, name = qualified.rpartition(".")
+    return (schema or None), name
+
+
+def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
+    """Check a source against the catalog; a ConfigError names what is wrong."""
+    schema, name = _split(config.table)
+    found = conn.execute(query("sources", "find_table"), {"schema": schema, "name": name}).fetchone()
+    if found is None:
+        raise ConfigError(f"source {config.source_name!r}: table {config.table} does not exist")
+    oid, schema, name, kind = found
+    if kind not in ("r", "p"):
+        raise ConfigError(f"source {config.source_name!r}: {schema}.{name} is not a table")
+    columns = tuple(conn.execute(query("sources", "table_columns"), {"oid": oid}).fetchall())
+    names = {c for c, _ in columns}
+    for column in config.text_columns:
+        if column not in names:
+            raise ConfigError(f"source {config.source_name!r}: column {column!r} does not exist in {schema}.{name}")
+    for column in RESERVED_COLUMNS:
+        if column in names:
+            raise ConfigError(
+                f"source {config.source_name!r}: {schema}.{name} has a column named {column!r}, "
+                "which the search function uses for its own parameters and result"
+            )
+    keys = config.key or tuple(r[0] for r in conn.execute(query("sources", "primary_key"), {"oid": oid}))
+    if not keys:
+        raise ConfigError(
+            f"source {config.source_name!r}: {schema}.{name} has no primary key; add one or set 'key'"
+        )
+    for column in keys:
+        if column not in names:
+            raise ConfigError(f"source {config.source_name!r}: key column {column!r} does not exist in {schema}.{name}")
+    store_schema, store_name = _split(config.target) if config.target else (None, f"{name}_embeddings")
+    return Source(config, schema, name, tuple(keys), columns, store_schema or schema, store_name)
+
+
+def _exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    row = conn.execute(query("sources", "relation_exists"), {"schema": schema, "name": name}).fetchone()
+    return bool(row and row[0])
+
+
+def check_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:
+    """Whether the store exists; raises if it was built for other vectors than the model makes."""
+    row = conn.execute(
+        query("sources", "store_dimensions"), {"schema": source.store_schema, "name": source.store_name}
+    ).fetchone()
+    if row is None:
+        return False
+    if row[0] != dimensions:
+        raise ConfigError(
+            f"source {source.name!r}: store {source.qualified_store} holds vector({row[0]}) "
+            f"but model {model_id} makes {dimensions}-dimensional vectors"
+        )
+    registered = conn.execute(query("sources", "registered"), {"name": source.name}).fetchone()
+    if registered is not None and registered[0] != model_id:
+        raise ConfigError(
+            f"source {source.name!r}: store {source.qualified_store} was built with model {registered[0]}, "
+            f"not the configured {model_id}; drop it (syncer drop {source.name}) to re-embed everything"
+        )
+    return True
+
+
+def apply(
+    conn: psycopg.Connection, source: Source, model_id: str, dimensions: int, *, notify: bool, index_after_rows: int
+) -> int:
+    """Create or refresh the source's objects, queue its backfill once; returns rows newly queued."""
+    parts = source.parts()
+    if not _exists(conn, SYNCER_SCHEMA, f"{source.name}_queue"):
+        conn.execute(query("sources", "create_queue", **parts))
+    store_existed = check_store(conn, source, model_id, dimensions)
+    if not store_existed:
+        conn.execute(query("sources", "create_store", **parts, dimensions=sql.Literal(dimensions)))
+    _install_triggers(conn, source, notify)
+    _install_search(conn, source)
+    conn.execute(
+        query("sources", "register"),
+        {
+            "name": source.name,
+            "source_table": source.qualified,
+            "store_table": source.qualified_store,
+            "model": model_id,
+            "dimensions": dimensions,
+            "config": Jsonb(source.config.model_dump(mode="json")),
+        },
+    )
+    queued = 0
+    registered = conn.execute(query("sources", "registered"), {"name": source.name}).fetchone()
+    if registered is None or registered[2] is None:
+        queued = enqueue_missing(conn, source)
+        conn.execute(query("sources", "mark_backfilled"), {"name": source.name})
+    if queued <= index_after_rows:
+        ensure_index(conn, source)
+    return queued
+
+
+def _objects(source: Source) -> dict[str, sql.Composable]:
+    """Names of the source's trigger functions and triggers."""
+    name = source.name
+    return {
+        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
+        "truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_v1"),
+        "rows_trigger": sql.Identifier(f"syncer_{name}_rows"),
+        "updates_trigger": sql.Identifier(f"syncer_{name}_updates"),
+        "truncate_trigger": sql.Identifier(f"syncer_{name}_truncate"),
+        "notify_trigger": sql.Identifier(f"syncer_{name}_notify"),
+    }
+
+
+def _install_triggers(conn: psycopg.Connection, source: Source, notify: bool) -> None:
+    watched = tuple(dict.fromkeys(source.config.text_columns + source.keys))
+    parts = source.parts() | _objects(source) | {
+        "old_keys": source.key_list("old"),
+        "new_keys": source.key_list("new"),
+        "watched": sql.SQL(", ").join(map(sql.Identifier, watched)),
+        "old_watched": sql.SQL(", ").join(_column("old", c) for c in watched),
+        "new_watched": sql.SQL(", ").join(_column("new", c) for c in watched),
+        "name": sql.Literal(source.name),
+    }
+    conn.execute(query("sources", "capture", **parts))
+    conn.execute(query("sources", "truncate", **parts))
+    conn.execute(query("sources", "notify" if notify else "drop_notify", **parts))
+
+
+def _install_search(conn: psycopg.Connection, source: Source) -> None:
+    returns = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(sql_type)) for c, sql_type in source.columns
+    )
+    t_columns = sql.SQL(", ").join(_column("t", c) for c, _ in source.columns)
+    conn.execute(
+        query(
+            "sources",
+            "search",
+            **source.parts(),
+            search_fn=source.search_fn,
+            returns=returns,
+            t_columns=t_columns,
+        )
+    )
+
+
+def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
+    """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
+    if _exists(conn, source.store_schema, source.index_name):
+        return False
+    if not conn.execute(query("sources", "try_lock"), {"key": source.index_name}).fetchone()[0]:
+        return False
+    if _exists(conn, source.store_schema, source.index_name):
+        return False
+    log.info("building hnsw index %s on %s", source.index_name, source.qualified_store)
+    conn.execute(query("sources", "create_index", store=source.store, index=sql.Identifier(source.index_name)))
+    return True
+
+
+def enqueue_missing(conn: psycopg.Connection, source: Source) -> int:
+    """Queue every row with text but no vector (the backfill); returns how many were queued."""
+    cur = conn.execute(query("queue", "enqueue_missing", **source.parts()))
+    return cur.rowcount
+
+
+def enqueue_all(conn: psycopg.Connection, source: Source) -> int:
+    """Queue every row and every orphaned vector: converges after changes that bypassed the triggers."""
+    cur = conn.execute(query("queue", "enqueue_all", **source.parts()))
+    queued = cur.rowcount
+    cur = conn.execute(query("queue", "enqueue_orphans", **source.parts()))
+    return queued + cur.rowcount
+
+
+def drop(conn: psycopg.Connection, source: Source) -> None:
+    """Remove the source's queue, store, triggers and functions, and forget it."""
+    conn.execute(query("sources", "drop", **source.parts(), **_objects(source), search_fn=source.search_fn))
+    conn.execute(query("sources", "forget"), {"name": source.name})

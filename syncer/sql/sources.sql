@@ -1,0 +1,166 @@
+-- name: find_table
+-- The table a source names, resolved like the application would (search_path for bare names).
+SELECT c.oid, n.nspname, c.relname, c.relkind::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(
+    CASE WHEN %(schema)s::text IS NULL THEN quote_ident(%(name)s)
+         ELSE quote_ident(%(schema)s) || '.' || quote_ident(%(name)s) END)
+
+-- name: table_columns
+-- Columns of a table with their SQL types, in table order.
+SELECT attname, format_type(atttypid, atttypmod)
+FROM pg_attribute
+WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum
+
+-- name: primary_key
+-- The primary key columns of a table, in key order.
+SELECT a.attname
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %(oid)s AND i.indisprimary
+ORDER BY k.ord
+
+-- name: store_dimensions
+-- The dimension of an existing store's embedding column (NULL: no such store).
+SELECT a.atttypmod
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(%(name)s))
+  AND a.attname = 'embedding' AND NOT a.attisdropped
+
+-- name: registered
+-- What the registry remembers of a source.
+SELECT model, dimensions, backfilled_at FROM syncer.sources WHERE name = %(name)s
+
+-- name: register
+-- Record (or refresh) a source in the registry.
+INSERT INTO syncer.sources (name, source_table, store_table, model, dimensions, config)
+VALUES (%(name)s, %(source_table)s, %(store_table)s, %(model)s, %(dimensions)s, %(config)s)
+ON CONFLICT (name) DO UPDATE
+SET source_table = excluded.source_table, store_table = excluded.store_table, config = excluded.config,
+    model = excluded.model, dimensions = excluded.dimensions
+
+-- name: mark_backfilled
+-- The source's existing rows are queued: later runs only follow changes.
+UPDATE syncer.sources SET backfilled_at = now() WHERE name = %(name)s
+
+-- name: relation_exists
+-- Whether a relation (table or index) exists in a schema.
+SELECT to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(%(name)s)) IS NOT NULL
+
+-- name: create_queue
+-- The source's queue: one row per changed key, typed like the source's key.
+CREATE TABLE {queue} AS SELECT {keys} FROM {table} WITH NO DATA;
+ALTER TABLE {queue}
+    ADD COLUMN seq bigint NOT NULL DEFAULT nextval('syncer.change_seq'),
+    ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN not_before timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN last_error text,
+    ADD COLUMN lease_token uuid,
+    ADD COLUMN lease_until timestamptz,
+    ADD PRIMARY KEY ({keys});
+CREATE UNIQUE INDEX ON {queue} (seq);
+
+-- name: create_store
+-- The embedding store: the source's key, its vector, and what it was made from.
+CREATE TABLE {store} AS SELECT {keys} FROM {table} WITH NO DATA;
+ALTER TABLE {store}
+    ADD COLUMN embedding vector({dimensions}) NOT NULL,
+    ADD COLUMN content_hash bytea NOT NULL,
+    ADD COLUMN model text NOT NULL,
+    ADD COLUMN embedded_at timestamptz NOT NULL DEFAULT now(),
+    ADD PRIMARY KEY ({keys});
+
+-- name: try_lock
+-- One worker at a time builds a given index; the others go on.
+SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))
+
+-- name: create_index
+-- Cosine HNSW index on the store, for the search function.
+CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding vector_cosine_ops)
+
+-- name: capture
+-- Row triggers: record the changed key (and the old key of a deleted or re-keyed row).
+CREATE OR REPLACE FUNCTION {capture_fn}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ROW({old_keys}) IS DISTINCT FROM ROW({new_keys})) THEN
+        INSERT INTO {queue} ({keys}) VALUES ({old_keys})
+        ON CONFLICT ({keys}) DO UPDATE
+        SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
+            lease_token = NULL, lease_until = NULL;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO {queue} ({keys}) VALUES ({new_keys})
+        ON CONFLICT ({keys}) DO UPDATE
+        SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
+            lease_token = NULL, lease_until = NULL;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION {capture_fn}() FROM PUBLIC;
+DROP TRIGGER IF EXISTS {rows_trigger} ON {table};
+CREATE TRIGGER {rows_trigger} AFTER INSERT OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {capture_fn}();
+DROP TRIGGER IF EXISTS {updates_trigger} ON {table};
+CREATE TRIGGER {updates_trigger} AFTER UPDATE OF {watched} ON {table}
+    FOR EACH ROW WHEN (ROW({old_watched}) IS DISTINCT FROM ROW({new_watched}))
+    EXECUTE FUNCTION {capture_fn}();
+
+-- name: truncate
+-- TRUNCATE fires no row trigger: empty the queue and the store with the source.
+CREATE OR REPLACE FUNCTION {truncate_fn}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    TRUNCATE {queue}, {store};
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION {truncate_fn}() FROM PUBLIC;
+DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
+CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
+
+-- name: notify
+-- One NOTIFY per statement (constant payload: the source name) wakes the workers.
+DROP TRIGGER IF EXISTS {notify_trigger} ON {table};
+CREATE TRIGGER {notify_trigger} AFTER INSERT OR DELETE OR UPDATE OF {watched} ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION syncer.notify_v1({name});
+
+-- name: drop_notify
+-- Poll-only mode: no NOTIFY on the writer's commit.
+DROP TRIGGER IF EXISTS {notify_trigger} ON {table}
+
+-- name: search
+-- The search function applications call: top-k rows by cosine similarity, optional filter.
+DROP FUNCTION IF EXISTS {search_fn}(vector, integer, jsonb);
+CREATE FUNCTION {search_fn}(query_embedding vector, match_count integer DEFAULT 10, filter jsonb DEFAULT NULL)
+RETURNS TABLE ({returns}, similarity double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT {t_columns}, 1 - (e.embedding <=> query_embedding) AS similarity
+    FROM {store} e JOIN {table} t ON {t_is_e}
+    WHERE filter IS NULL OR to_jsonb(t) @> filter
+    ORDER BY e.embedding <=> query_embedding
+    LIMIT match_count
+$$;
+COMMENT ON FUNCTION {search_fn}(vector, integer, jsonb) IS
+    'Rows of the source most similar to query_embedding (cosine), best first; filter: jsonb the row must contain';
+
+-- name: drop
+-- Remove every object of a source (the source table itself is left alone).
+DROP TRIGGER IF EXISTS {rows_trigger} ON {table};
+DROP TRIGGER IF EXISTS {updates_trigger} ON {table};
+DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
+DROP TRIGGER IF EXISTS {notify_trigger} ON {table};
+DROP FUNCTION IF EXISTS {capture_fn}();
+DROP FUNCTION IF EXISTS {truncate_fn}();
+DROP FUNCTION IF EXISTS {search_fn}(vector, integer, jsonb);
+DROP TABLE IF EXISTS {queue};
+DROP TABLE IF EXISTS {store};
+
+-- name: forget
+-- Remove a source from the registry.
+DELETE FROM syncer.sources WHERE name = %(name)s

@@ -1,0 +1,84 @@
+"""Shared test helpers: settings for a test database, one-shot syncs, and store inspection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from syncer import schema
+from syncer.database import Database
+from syncer.providers import Provider
+from syncer.settings import Settings, SourceConfig
+from syncer.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_settings(db_url: str, *sources: dict[str, Any], **overrides: Any) -> Settings:
+    """Settings for tests: fast polling, short backoff; nothing read from the environment."""
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "sources": [SourceConfig(**s) for s in sources] or [SourceConfig(table="public.docs", columns=("title", "body"))],
+        "poll_interval": 0.2,
+        "retry_base_seconds": 0.2,
+        "retry_max_seconds": 1.0,
+    }
+    return Settings(**(values | overrides))
+
+
+def sync_once(settings: Settings, provider: Provider) -> Worker:
+    """`syncer run --once` in process: apply, then drain the queue."""
+    db = Database.from_settings(settings)
+    applied = schema.apply(db, settings, provider)
+    worker = Worker(settings, db, provider, [s for s, _ in applied])
+    worker.run(once=True)
+    return worker
+
+
+def stored(conn: psycopg.Connection, store: str = "public.docs_embeddings") -> dict[Any, tuple[np.ndarray, bytes, str]]:
+    """key -> (vector, content hash, model) of every stored vector."""
+    rows = conn.execute(f"SELECT id, embedding, content_hash, model FROM {store}").fetchall()
+    return {r[0]: (r[1].to_numpy(), bytes(r[2]), r[3]) for r in rows}
+
+
+def sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def queue_depth(conn: psycopg.Connection, source: str = "docs") -> int:
+    return conn.execute(f"SELECT count(*) FROM syncer.{source}_queue").fetchone()[0]
+
+
+def syncer_env(db_url: str, sources: str, **extra: str) -> dict[str, str]:
+    """Environment for a `syncer` subprocess: only SYNCER_* settings the test chose."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCER_")}
+    env |= {
+        "SYNCER_DATABASE_URL": db_url,
+        "SYNCER_SOURCES": sources,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return env | extra
+
+
+def syncer_process(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncer", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )

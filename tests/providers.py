@@ -1,0 +1,57 @@
+"""Deterministic tiny embedders for tests of queue logic (custom providers, loaded by import path).
+
+Integration tests use the real packaged MiniLM; these exist to make failures and timing
+reproducible: a rejected row, a slow batch, an edit that lands mid-embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+
+from syncer.settings import Settings
+
+DIMENSIONS = 16
+
+
+def hash_vector(text: str) -> np.ndarray:
+    """A unit vector that depends only on the text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(DIMENSIONS).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class HashEmbedder:
+    """Embeds by hashing; counts what it was asked to embed. SYNCER_TEST_EMBED_DELAY slows each batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model_id = "test/hash-16"
+        self.dimensions = DIMENSIONS
+        self.calls: list[list[str]] = []
+        self.delay = float(os.environ.get("SYNCER_TEST_EMBED_DELAY", "0"))
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.delay:
+            time.sleep(self.delay)
+        return np.stack([hash_vector(t) for t in texts]) if texts else np.zeros((0, DIMENSIONS), np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return hash_vector(text)
+
+    @property
+    def embedded(self) -> list[str]:
+        return [t for call in self.calls for t in call]
+
+
+class PoisonEmbedder(HashEmbedder):
+    """Rejects any text containing POISON, as a provider rejects one bad input of a batch."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if any("POISON" in t for t in texts):
+            self.calls.append(list(texts))
+            raise ValueError("input rejected: contains POISON")
+        return super().embed_documents(texts)
