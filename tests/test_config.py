@@ -1,0 +1,121 @@
+"""Bad configuration fails at start, with one message that names the culprit, and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from helpers import make_settings, sync_once, syncer_env, syncer_process
+from providers import HashEmbedder
+from syncer import cli
+from syncer.settings import Settings, SourceConfig
+
+HASH = "tests.providers:HashEmbedder"
+
+
+class WideHashEmbedder(HashEmbedder):
+    """Same texts, 32 dimensions: a store built for 16 cannot hold these."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.dimensions = 32
+
+
+class OtherHashEmbedder(HashEmbedder):
+    """Same dimensions, another model: its vectors must not be mixed with the first model's."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.model_id = "test/other-16"
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str],
+            *args: str) -> tuple[int, str]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sources", "provider", "message"),
+    [
+        ([{"table": "public.nope", "columns": ["body"]}], HASH, "source 'nope': table public.nope does not exist"),
+        ([{"table": "docs", "columns": ["bodyy"]}], HASH, "column 'bodyy' does not exist in public.docs"),
+        ([{"table": "docs", "template": "{title}: {summary}"}], HASH, "column 'summary' does not exist"),
+        ([{"table": "docs", "columns": ["body"], "key": ["uuid"]}], HASH, "key column 'uuid' does not exist"),
+        ([{"table": "keyless", "columns": ["body"]}], HASH, "public.keyless has no primary key"),
+        ([{"table": "docs"}], HASH, "give exactly one of 'columns' or 'template'"),
+        ([{"table": "docs; drop table docs", "columns": ["body"]}], HASH, "is not a plain SQL identifier"),
+        ([{"table": "docs", "columns": ["body"]}], "nope", "unknown provider 'nope'"),
+        ([{"table": "docs", "columns": ["body"]}], "tests.providers:Missing", "cannot be loaded"),
+        ([], HASH, "no sources configured"),
+    ],
+)
+def test_bad_configuration_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], conn: psycopg.Connection, docs: str,
+    db_url: str, sources: list[dict], provider: str, message: str,
+) -> None:
+    conn.execute("CREATE TABLE keyless (body text)")
+    env = {"SYNCER_DATABASE_URL": db_url, "SYNCER_SOURCES": json.dumps(sources), "SYNCER_PROVIDER": provider}
+    code, err = run_cli(monkeypatch, capsys, env, "run", "--once")
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        (WideHashEmbedder, "store public.docs_embeddings holds vector(16) but model test/hash-16 makes 32-dimensional"),
+        (OtherHashEmbedder, "was built with model test/hash-16, not the configured test/other-16"),
+    ],
+)
+def test_store_built_for_another_model_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], docs: str, db_url: str,
+    provider: type, message: str,
+) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    sync_once(settings, HashEmbedder(settings))
+    env = {
+        "SYNCER_DATABASE_URL": db_url,
+        "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}]),
+        "SYNCER_PROVIDER": f"test_config:{provider.__name__}",
+    }
+    code, err = run_cli(monkeypatch, capsys, env, "run", "--once")
+    assert code == 2
+    assert message in err
+
+
+def test_the_process_exits_non_zero(docs: str, db_url: str) -> None:
+    env = syncer_env(db_url, json.dumps([{"table": "docs", "columns": ["nope"]}]), SYNCER_PROVIDER=HASH)
+    output, _ = (process := syncer_process(["run"], env)).communicate(timeout=60)
+    assert process.returncode == 2
+    assert output.strip().endswith("syncer: source 'docs': column 'nope' does not exist in public.docs")
+
+
+def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"SYNCER_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+           "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}])}
+    code, err = run_cli(monkeypatch, capsys, env, "status")
+    assert code == 2
+    assert err.startswith("syncer: database unavailable:")
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNCER_DATABASE_URL", "postgresql://app:secret@db/app")
+    monkeypatch.setenv("SYNCER_SOURCES", '[{"table": "public.docs", "template": "{title}\\n\\n{body}", "key": ["id"]}]')
+    monkeypatch.setenv("SYNCER_BATCH_SIZE", "64")
+    settings = Settings()
+    [source] = settings.sources
+    assert source == SourceConfig(table="public.docs", template="{title}\n\n{body}", key=("id",))
+    assert (source.source_name, source.text_columns, settings.batch_size) == ("docs", ("title", "body"), 64)
+    assert "secret" not in json.dumps(settings.masked())
+
+
+def test_source_names_must_be_unique() -> None:
+    with pytest.raises(ValueError, match="repeated: docs"):
+        Settings(sources=[{"table": "a.docs", "columns": ["x"]}, {"table": "b.docs", "columns": ["x"]}])

