@@ -13,7 +13,7 @@ from collections.abc import Callable
 import psycopg
 import pydantic
 
-from . import report, schema, sources
+from . import report, schema, search, sources
 from .database import Database
 from .providers import load_provider
 from .settings import ConfigError, Settings
@@ -62,10 +62,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with db.connect() as conn:
         lines = [report.status(conn, s) for s in source_list]
     headers = ["source", "rows", "embedded", "queued", "failed", "oldest queued", "last error"]
-    rows = [
-        (s.source, s.rows, s.embedded, s.queued, s.failed, _age(s.oldest_seconds), s.last_error)
-        for s in lines
-    ]
+    rows = [(s.source, s.rows, s.embedded, s.queued, s.failed, _age(s.oldest_seconds), s.last_error) for s in lines]
     print(report.format_table(headers, rows))
     return 0
 
@@ -83,7 +80,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     source = sources_by_name(db, settings, args.source)
     provider = load_provider(settings)
     with db.connect() as conn:
-        headers, rows = report.search(
+        headers, rows = search.top(
             conn, source, provider.embed_query(args.text), args.k, json.loads(args.filter) if args.filter else None
         )
     print(report.format_table(headers, rows))
@@ -99,9 +96,7 @@ def sources_by_name(db: Database, settings: Settings, name: str) -> sources.Sour
 def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
     source = sources_by_name(db, settings, args.source)
-    with schema.apply_lock(db), db.connect() as conn:
-        sources.drop(conn, source)
-        conn.commit()
+    schema.drop_source(db, source)
     print(f"{source.name}: dropped {source.qualified_store}, its queue, triggers and search function")
     return 0
 
@@ -171,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syncer: {exc}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"syncer: database unavailable: {str(exc).strip()}", file=sys.stderr)
+    except psycopg.errors.UndefinedTable as exc:
+        print(f"syncer: {str(exc).strip()}; has `syncer apply` (or `syncer run`) been run?", file=sys.stderr)
+    except psycopg.Error as exc:
+        print(f"syncer: database error: {str(exc).strip()}", file=sys.stderr)
     return 2
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -14,7 +16,7 @@ from .settings import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 # Detect a dead peer within about a minute instead of blocking on a half-open socket.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def embedded_url(data_dir: Path) -> str:
@@ -52,12 +54,8 @@ class Database:
         return cls(database_url(settings), settings.application_name)
 
     def connect(self, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
-        conn = psycopg.connect(
-            self.url, autocommit=autocommit, application_name=self.application_name, **KEEPALIVES
-        )
+        conn = psycopg.connect(self.url, autocommit=autocommit, application_name=self.application_name, **KEEPALIVES)
         if vector:
-            try:
+            with contextlib.suppress(psycopg.ProgrammingError):  # no pgvector yet: `syncer apply` creates it
                 register_vector(conn)
-            except psycopg.ProgrammingError:
-                pass  # the extension is created by `syncer apply`; later connections register it
         return conn

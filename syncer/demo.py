@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import pkgutil
 import random
 import sys
 import warnings
 
-from . import report, schema
+from . import report, schema, search
 from .database import Database
 from .providers import Provider, load_provider
 from .settings import Settings, SourceConfig
@@ -51,7 +50,7 @@ def _import(name: str) -> object | None:
 
 
 def _members(prefix: str, module: object) -> list[tuple[str, object]]:
-    members = []
+    members: list[tuple[str, object]] = []
     for attr, value in vars(module).items():
         if attr.startswith("_") or getattr(value, "__module__", None) != getattr(module, "__name__", None):
             continue
@@ -59,7 +58,8 @@ def _members(prefix: str, module: object) -> list[tuple[str, object]]:
             members.append((f"{prefix}.{attr}", value))
             if inspect.isclass(value):
                 members += [
-                    (f"{prefix}.{attr}.{m}", f) for m, f in vars(value).items()
+                    (f"{prefix}.{attr}.{m}", f)
+                    for m, f in vars(value).items()
                     if not m.startswith("_") and inspect.isfunction(f)
                 ]
     return members
@@ -92,8 +92,10 @@ def demo(settings: Settings, rows: int) -> int:
     _show_status(db, source_list)
     print("3. editing row 1, emptying row 2 and deleting row 3, then syncing again")
     with db.connect() as conn:
-        conn.execute("UPDATE public.demo_docs SET title = 'soup', body = 'Simmer tomatoes, onions and garlic "
-                     "for twenty minutes, then blend into a smooth tomato soup.' WHERE id = 1")
+        conn.execute(
+            "UPDATE public.demo_docs SET title = 'soup', body = 'Simmer tomatoes, onions and garlic "
+            "for twenty minutes, then blend into a smooth tomato soup.' WHERE id = 1"
+        )
         conn.execute("UPDATE public.demo_docs SET body = NULL, title = NULL WHERE id = 2")
         conn.execute("DELETE FROM public.demo_docs WHERE id = 3")
         conn.commit()
@@ -113,12 +115,14 @@ def _show_searches(db: Database, source: Source, provider: Provider) -> None:
     with db.connect() as conn:
         for question in ("how do I make tomato soup?", "compress a file with gzip", "parse command line options"):
             print(f"\n4. SELECT id, title, similarity FROM syncer.search_demo_docs(<embedding of {question!r}>, 3);")
-            headers, rows = report.search(conn, source, provider.embed_query(question), 3)
+            headers, rows = search.top(conn, source, provider.embed_query(question), 3)
             keep = [headers.index(h) for h in ("id", "title", "similarity")]
             print(report.format_table([headers[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]))
         print("\n5. more like row 1, in plain SQL:")
-        print("   SELECT id, title, similarity FROM syncer.search_demo_docs("
-              "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1), 3);")
+        print(
+            "   SELECT id, title, similarity FROM syncer.search_demo_docs("
+            "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1), 3);"
+        )
         cur = conn.execute(
             "SELECT id, title, similarity FROM syncer.search_demo_docs("
             "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1), 3)"

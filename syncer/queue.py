@@ -87,24 +87,39 @@ def settle(
     with conn.transaction():
         stored = [c for c in embed if c.seq in vectors]
         if stored:
-            outcome.stored = _run(conn, query("queue", "store", **parts), outcome, {
-                "seqs": [c.seq for c in stored],
-                "hashes": [c.hash for c in stored],
-                "embeddings": [vectors[c.seq] for c in stored],
-                "token": token,
-                "model": model_id,
-            })
+            outcome.stored = _run(
+                conn,
+                query("queue", "store", **parts),
+                outcome,
+                {
+                    "seqs": [c.seq for c in stored],
+                    "hashes": [c.hash for c in stored],
+                    "embeddings": [vectors[c.seq] for c in stored],
+                    "token": token,
+                    "model": model_id,
+                },
+            )
         if unstore:
-            outcome.unstored = _run(conn, query("queue", "unstore", **parts), outcome,
-                                    {"seqs": [c.seq for c in unstore], "token": token})
+            outcome.unstored = _run(
+                conn, query("queue", "unstore", **parts), outcome, {"seqs": [c.seq for c in unstore], "token": token}
+            )
         if unchanged:
-            outcome.unchanged = _run(conn, query("queue", "ack", **parts), outcome,
-                                     {"seqs": [c.seq for c in unchanged], "token": token})
+            outcome.unchanged = _run(
+                conn, query("queue", "ack", **parts), outcome, {"seqs": [c.seq for c in unchanged], "token": token}
+            )
         if errors:
-            outcome.failed = _run(conn, query("queue", "fail", **parts), outcome, {
-                "seqs": list(errors), "errors": list(errors.values()), "token": token,
-                "base": backoff[0], "max": backoff[1],
-            })
+            outcome.failed = _run(
+                conn,
+                query("queue", "fail", **parts),
+                outcome,
+                {
+                    "seqs": list(errors),
+                    "errors": list(errors.values()),
+                    "token": token,
+                    "base": backoff[0],
+                    "max": backoff[1],
+                },
+            )
         outcome.released = len(release(conn, batch))
     return outcome
 

@@ -1,13 +1,11 @@
-"""What `syncer status` and `syncer search` show: read-only queries over a source's objects."""
+"""What `syncer status` shows, and the plain text tables the CLI prints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
 from .queries import query
 from .sources import Source
@@ -28,17 +26,6 @@ def status(conn: psycopg.Connection, source: Source) -> Status:
     row = conn.execute(query("report", "status", **source.parts())).fetchone()
     assert row is not None
     return Status(source.name, *row)
-
-
-def search(
-    conn: psycopg.Connection, source: Source, embedding: np.ndarray, k: int, filter: dict[str, Any] | None = None
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of the ``k`` rows most similar to ``embedding``."""
-    cur = conn.execute(
-        query("report", "search", search_fn=source.search_fn),
-        {"embedding": embedding, "k": k, "filter": Jsonb(filter) if filter is not None else None},
-    )
-    return [d.name for d in cur.description or []], cur.fetchall()
 
 
 def format_table(headers: list[str], rows: list[tuple[Any, ...]], width: int = 60) -> str:

@@ -13,7 +13,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from . import sources
+from . import capture, search, sources
 from .database import Database
 from .providers import Provider
 from .settings import ConfigError, Settings
@@ -83,16 +83,30 @@ def apply(db: Database, settings: Settings, provider: Provider) -> list[tuple[so
         with db.connect() as conn:
             for config in settings.sources:
                 source = sources.resolve(conn, config)
-                queued = sources.apply(
-                    conn,
-                    source,
-                    provider.model_id,
-                    provider.dimensions,
-                    notify=settings.notify,
-                    index_after_rows=settings.index_after_rows,
-                )
+                queued = apply_source(conn, source, provider, settings)
                 conn.commit()
                 if queued:
                     log.info("backfill of %s: %d rows queued", source.name, queued)
                 applied.append((source, queued))
     return applied
+
+
+def apply_source(conn: psycopg.Connection, source: sources.Source, provider: Provider, settings: Settings) -> int:
+    """Create or refresh one source's objects and queue its backfill once; returns rows newly queued."""
+    sources.create_tables(conn, source, provider.model_id, provider.dimensions)
+    capture.install(conn, source, settings.notify)
+    search.install(conn, source)
+    queued = 0
+    if sources.register(conn, source, provider.model_id, provider.dimensions):
+        queued = sources.enqueue_missing(conn, source)
+        sources.mark_backfilled(conn, source)
+    if queued <= settings.index_after_rows:
+        sources.ensure_index(conn, source)  # else built once the backfill has drained: 6x faster
+    return queued
+
+
+def drop_source(db: Database, source: sources.Source) -> None:
+    """Remove everything syncer created for ``source``; the source table and its rows stay."""
+    with apply_lock(db), db.connect() as conn:
+        sources.drop(conn, source, capture.objects(source))
+        conn.commit()

@@ -156,6 +156,4 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, object]:
         """Effective settings, printable: secrets masked."""
-        return self.model_dump(mode="json") | {
-            "database_url": "**********" if self.database_url else None
-        }
+        return self.model_dump(mode="json") | {"database_url": "**********" if self.database_url else None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -76,9 +77,7 @@ class Source:
 
     def keys_equal(self, left: str, right: str) -> sql.Composed:
         """``left.k1 = right.k1 AND ...``: joins that use the key indexes."""
-        return sql.SQL(" AND ").join(
-            sql.SQL("{} = {}").format(_column(left, k), _column(right, k)) for k in self.keys
-        )
+        return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(_column(left, k), _column(right, k)) for k in self.keys)
 
     def text(self) -> sql.Composable:
         """SQL for the text to embed from row alias ``t``: NULL when there is nothing to embed."""
@@ -146,9 +145,7 @@ def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
             )
     keys = config.key or tuple(r[0] for r in conn.execute(query("sources", "primary_key"), {"oid": oid}))
     if not keys:
-        raise ConfigError(
-            f"source {config.source_name!r}: {schema}.{name} has no primary key; add one or set 'key'"
-        )
+        raise ConfigError(f"source {config.source_name!r}: {schema}.{name} has no primary key; add one or set 'key'")
     for column in keys:
         if column not in names:
             raise ConfigError(f"source {config.source_name!r}: key column {column!r} does not exist in {schema}.{name}")
@@ -156,9 +153,13 @@ def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
     return Source(config, schema, name, tuple(keys), columns, store_schema or schema, store_name)
 
 
+def _scalar(conn: psycopg.Connection, statement: sql.Composed, params: dict[str, Any]) -> Any:
+    row = conn.execute(statement, params).fetchone()
+    return row[0] if row else None
+
+
 def _exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
-    row = conn.execute(query("sources", "relation_exists"), {"schema": schema, "name": name}).fetchone()
-    return bool(row and row[0])
+    return bool(_scalar(conn, query("sources", "relation_exists"), {"schema": schema, "name": name}))
 
 
 def check_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:
@@ -182,18 +183,17 @@ def check_store(conn: psycopg.Connection, source: Source, model_id: str, dimensi
     return True
 
 
-def apply(
-    conn: psycopg.Connection, source: Source, model_id: str, dimensions: int, *, notify: bool, index_after_rows: int
-) -> int:
-    """Create or refresh the source's objects, queue its backfill once; returns rows newly queued."""
+def create_tables(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
+    """Create the source's queue and store if missing; an existing store must suit the model."""
     parts = source.parts()
     if not _exists(conn, SYNCER_SCHEMA, f"{source.name}_queue"):
         conn.execute(query("sources", "create_queue", **parts))
-    store_existed = check_store(conn, source, model_id, dimensions)
-    if not store_existed:
+    if not check_store(conn, source, model_id, dimensions):
         conn.execute(query("sources", "create_store", **parts, dimensions=sql.Literal(dimensions)))
-    _install_triggers(conn, source, notify)
-    _install_search(conn, source)
+
+
+def register(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:
+    """Record the source in syncer.sources; True the first time (its backfill is still to queue)."""
     conn.execute(
         query("sources", "register"),
         {
@@ -205,66 +205,19 @@ def apply(
             "config": Jsonb(source.config.model_dump(mode="json")),
         },
     )
-    queued = 0
     registered = conn.execute(query("sources", "registered"), {"name": source.name}).fetchone()
-    if registered is None or registered[2] is None:
-        queued = enqueue_missing(conn, source)
-        conn.execute(query("sources", "mark_backfilled"), {"name": source.name})
-    if queued <= index_after_rows:
-        ensure_index(conn, source)
-    return queued
+    return registered is None or registered[2] is None
 
 
-def _objects(source: Source) -> dict[str, sql.Composable]:
-    """Names of the source's trigger functions and triggers."""
-    name = source.name
-    return {
-        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
-        "truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_v1"),
-        "rows_trigger": sql.Identifier(f"syncer_{name}_rows"),
-        "updates_trigger": sql.Identifier(f"syncer_{name}_updates"),
-        "truncate_trigger": sql.Identifier(f"syncer_{name}_truncate"),
-        "notify_trigger": sql.Identifier(f"syncer_{name}_notify"),
-    }
-
-
-def _install_triggers(conn: psycopg.Connection, source: Source, notify: bool) -> None:
-    watched = tuple(dict.fromkeys(source.config.text_columns + source.keys))
-    parts = source.parts() | _objects(source) | {
-        "old_keys": source.key_list("old"),
-        "new_keys": source.key_list("new"),
-        "watched": sql.SQL(", ").join(map(sql.Identifier, watched)),
-        "old_watched": sql.SQL(", ").join(_column("old", c) for c in watched),
-        "new_watched": sql.SQL(", ").join(_column("new", c) for c in watched),
-        "name": sql.Literal(source.name),
-    }
-    conn.execute(query("sources", "capture", **parts))
-    conn.execute(query("sources", "truncate", **parts))
-    conn.execute(query("sources", "notify" if notify else "drop_notify", **parts))
-
-
-def _install_search(conn: psycopg.Connection, source: Source) -> None:
-    returns = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(sql_type)) for c, sql_type in source.columns
-    )
-    t_columns = sql.SQL(", ").join(_column("t", c) for c, _ in source.columns)
-    conn.execute(
-        query(
-            "sources",
-            "search",
-            **source.parts(),
-            search_fn=source.search_fn,
-            returns=returns,
-            t_columns=t_columns,
-        )
-    )
+def mark_backfilled(conn: psycopg.Connection, source: Source) -> None:
+    conn.execute(query("sources", "mark_backfilled"), {"name": source.name})
 
 
 def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
     """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
     if _exists(conn, source.store_schema, source.index_name):
         return False
-    if not conn.execute(query("sources", "try_lock"), {"key": source.index_name}).fetchone()[0]:
+    if not _scalar(conn, query("sources", "try_lock"), {"key": source.index_name}):
         return False
     if _exists(conn, source.store_schema, source.index_name):
         return False
@@ -287,7 +240,7 @@ def enqueue_all(conn: psycopg.Connection, source: Source) -> int:
     return queued + cur.rowcount
 
 
-def drop(conn: psycopg.Connection, source: Source) -> None:
-    """Remove the source's queue, store, triggers and functions, and forget it."""
-    conn.execute(query("sources", "drop", **source.parts(), **_objects(source), search_fn=source.search_fn))
+def drop(conn: psycopg.Connection, source: Source, objects: dict[str, sql.Composable]) -> None:
+    """Remove the source's queue, store, ``objects`` (triggers, functions), and forget it."""
+    conn.execute(query("sources", "drop", **source.parts(), **objects, search_fn=source.search_fn))
     conn.execute(query("sources", "forget"), {"name": source.name})

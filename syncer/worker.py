@@ -82,9 +82,7 @@ class Worker:
                     return
                 self.wakeup.event.wait()
 
-    def drain(
-        self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor
-    ) -> int:
+    def drain(self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor) -> int:
         """Process batches, one per source in turn, until none is ready; returns keys settled."""
         settled = 0
         pending: Future[int] | None = None

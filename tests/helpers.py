@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_settings(db_url: str, *sources: dict[str, Any], **overrides: Any) -> Settings:
     """Settings for tests: fast polling, short backoff; nothing read from the environment."""
+    default = SourceConfig(table="public.docs", columns=("title", "body"))
     values: dict[str, Any] = {
         "database_url": db_url,
-        "sources": [SourceConfig(**s) for s in sources] or [SourceConfig(table="public.docs", columns=("title", "body"))],
+        "sources": [SourceConfig(**s) for s in sources] or [default],
         "poll_interval": 0.2,
         "retry_base_seconds": 0.2,
         "retry_max_seconds": 1.0,

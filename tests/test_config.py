@@ -7,10 +7,11 @@ import json
 import psycopg
 import pytest
 
-from helpers import make_settings, sync_once, syncer_env, syncer_process
-from providers import HashEmbedder
 from syncer import cli
 from syncer.settings import Settings, SourceConfig
+
+from helpers import make_settings, sync_once, syncer_env, syncer_process
+from providers import HashEmbedder
 
 HASH = "tests.providers:HashEmbedder"
 
@@ -31,8 +32,9 @@ class OtherHashEmbedder(HashEmbedder):
         self.model_id = "test/other-16"
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str],
-            *args: str) -> tuple[int, str]:
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], *args: str
+) -> tuple[int, str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     code = cli.main(list(args))
@@ -55,8 +57,14 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     ],
 )
 def test_bad_configuration_is_named(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], conn: psycopg.Connection, docs: str,
-    db_url: str, sources: list[dict], provider: str, message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    conn: psycopg.Connection,
+    docs: str,
+    db_url: str,
+    sources: list[dict],
+    provider: str,
+    message: str,
 ) -> None:
     conn.execute("CREATE TABLE keyless (body text)")
     env = {"SYNCER_DATABASE_URL": db_url, "SYNCER_SOURCES": json.dumps(sources), "SYNCER_PROVIDER": provider}
@@ -74,8 +82,12 @@ def test_bad_configuration_is_named(
     ],
 )
 def test_store_built_for_another_model_is_refused(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], docs: str, db_url: str,
-    provider: type, message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    docs: str,
+    db_url: str,
+    provider: type,
+    message: str,
 ) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
     sync_once(settings, HashEmbedder(settings))
@@ -96,10 +108,13 @@ def test_the_process_exits_non_zero(docs: str, db_url: str) -> None:
     assert output.strip().endswith("syncer: source 'docs': column 'nope' does not exist in public.docs")
 
 
-def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    env = {"SYNCER_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
-           "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}])}
+def test_unreachable_database_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {
+        "SYNCER_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+        "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}]),
+    }
     code, err = run_cli(monkeypatch, capsys, env, "status")
     assert code == 2
     assert err.startswith("syncer: database unavailable:")

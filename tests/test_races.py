@@ -8,10 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import psycopg
 
+from syncer import queue, schema
+from syncer.database import Database
+
 from helpers import make_settings, queue_depth, sha256, stored, sync_once
 from providers import HashEmbedder, PoisonEmbedder, hash_vector
-from syncer import queue, schema, sources
-from syncer.database import Database
 
 
 class HookedEmbedder(HashEmbedder):
@@ -136,9 +137,8 @@ def test_source_objects_are_removed_cleanly(conn: psycopg.Connection, docs: str,
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
     sync_once(settings, HashEmbedder(settings))
     db = Database.from_settings(settings)
-    with db.connect() as c:
-        sources.drop(c, sources.resolve(c, settings.sources[0]))
-        c.commit()
+    [source] = schema.resolve_all(db, settings)
+    schema.drop_source(db, source)
     leftovers = conn.execute(
         "SELECT to_regclass('public.docs_embeddings'), to_regclass('syncer.docs_queue'), "
         "(SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.docs'::regclass AND NOT tgisinternal), "

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import psycopg
 
-from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
-from providers import HashEmbedder
 from syncer import schema
 from syncer.database import Database
+
+from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
+from providers import HashEmbedder
 
 
 def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
@@ -83,8 +84,12 @@ def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
             conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two')")
-        env = syncer_env("", json.dumps([{"table": "notes", "columns": ["body"]}]),
-                         SYNCER_PROVIDER="tests.providers:HashEmbedder", SYNCER_DATA_DIR=str(data_dir))
+        env = syncer_env(
+            "",
+            json.dumps([{"table": "notes", "columns": ["body"]}]),
+            SYNCER_PROVIDER="tests.providers:HashEmbedder",
+            SYNCER_DATA_DIR=str(data_dir),
+        )
         del env["SYNCER_DATABASE_URL"]
         output, _ = (run := syncer_process(["run", "--once"], env)).communicate(timeout=60)
         assert run.returncode == 0, output

@@ -6,9 +6,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from helpers import cosine, make_settings, queue_depth, sha256, stored, sync_once
-from syncer import report, sources
+from syncer import report, search, sources
 from syncer.database import Database
+
+from helpers import cosine, make_settings, queue_depth, sha256, stored, sync_once
 
 TOMATO = "Tomato soup\n\nSimmer tomatoes with garlic and onion, then blend until smooth."
 
@@ -72,9 +73,7 @@ def test_unchanged_text_is_not_re_embedded(conn: psycopg.Connection, docs: str, 
 
 def test_template_and_composite_key(conn: psycopg.Connection, db_url: str, minilm) -> None:
     conn.execute("CREATE SCHEMA shop")
-    conn.execute(
-        "CREATE TABLE shop.items (region text, sku int, name text, notes text, PRIMARY KEY (region, sku))"
-    )
+    conn.execute("CREATE TABLE shop.items (region text, sku int, name text, notes text, PRIMARY KEY (region, sku))")
     conn.execute("INSERT INTO shop.items VALUES ('eu', 1, 'Kettle', 'boils water'), ('us', 1, 'Kettle', NULL)")
     settings = make_settings(
         db_url, {"table": "shop.items", "template": "Product: {name}\nNotes: {notes}", "target": "shop.item_vectors"}
@@ -111,9 +110,7 @@ def test_search_function_ranks_filters_and_uses_the_index(
     assert [r[0] for r in rows] == [1, 2]
     assert rows[0][2] > rows[1][2] > 0
 
-    german = conn.execute(
-        "SELECT id FROM syncer.search_docs(%s, 5, '{\"lang\": \"de\"}')", [query]
-    ).fetchall()
+    german = conn.execute('SELECT id FROM syncer.search_docs(%s, 5, \'{"lang": "de"}\')', [query]).fetchall()
     assert german == [(4,)]
 
     conn.execute("SET enable_seqscan = off")  # a 5-row table would be scanned; ask what the plan can use
@@ -129,7 +126,7 @@ def test_status_and_search_report(conn: psycopg.Connection, docs: str, db_url: s
     with db.connect() as c:
         source = sources.resolve(c, settings.sources[0])
         status = report.status(c, source)
-        headers, rows = report.search(c, source, minilm.embed_query("compress files"), 1)
+        headers, rows = search.top(c, source, minilm.embed_query("compress files"), 1)
     assert (status.rows, status.embedded, status.queued, status.failed) == (5, 5, 1, 0)
     assert status.oldest_seconds is not None and status.oldest_seconds >= 0
     assert headers == ["id", "title", "body", "lang", "similarity"]

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 
 import psycopg
 
-from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
-from providers import HashEmbedder
 from syncer import schema
 from syncer.database import Database
 from syncer.settings import Settings
 from syncer.worker import Worker
+
+from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
+from providers import HashEmbedder
 
 HASH_PROVIDER = "tests.providers:HashEmbedder"
 
@@ -59,9 +60,7 @@ def test_notify_wakes_the_worker_long_before_the_poll(conn: psycopg.Connection, 
         wait_for(embedded(conn, 100, "fresh"), timeout=5)
 
 
-def test_poll_catches_a_change_whose_notification_was_missed(
-    conn: psycopg.Connection, docs: str, db_url: str
-) -> None:
+def test_poll_catches_a_change_whose_notification_was_missed(conn: psycopg.Connection, docs: str, db_url: str) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.5)
     with running(settings) as worker:
         assert worker.wakeup.listening.wait(5)
@@ -84,9 +83,7 @@ def test_poll_only_mode_installs_no_notify(conn: psycopg.Connection, docs: str, 
         wait_for(embedded(conn, 1, "polled"), timeout=10)
 
 
-def test_worker_reconnects_after_its_connections_are_killed(
-    conn: psycopg.Connection, docs: str, db_url: str
-) -> None:
+def test_worker_reconnects_after_its_connections_are_killed(conn: psycopg.Connection, docs: str, db_url: str) -> None:
     settings = make_settings(
         db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.5, application_name="syncer-reconnect"
     )
@@ -186,7 +183,8 @@ def test_two_workers_share_the_queue_and_never_write_the_same_row(conn: psycopg.
 
 
 def test_run_once_exits_zero_when_drained(conn: psycopg.Connection, docs: str, db_url: str) -> None:
-    env = syncer_env(db_url, json.dumps([{"table": "docs", "columns": ["title", "body"]}]), SYNCER_PROVIDER=HASH_PROVIDER)
+    sources = json.dumps([{"table": "docs", "columns": ["title", "body"]}])
+    env = syncer_env(db_url, sources, SYNCER_PROVIDER=HASH_PROVIDER)
     output, _ = (process := syncer_process(["run", "--once"], env)).communicate(timeout=60)
     assert process.returncode == 0, output
     assert len(stored(conn)) == 5 and queue_depth(conn) == 0

@@ -51,7 +51,5 @@ def _custom(settings: Settings) -> Provider:
         raise ConfigError(f"provider {settings.provider!r} cannot be loaded: {exc}") from exc
     provider = cls(settings)
     if not isinstance(provider, Provider):
-        raise ConfigError(
-            f"provider {settings.provider!r} lacks model_id, dimensions, embed_documents or embed_query"
-        )
+        raise ConfigError(f"provider {settings.provider!r} lacks model_id, dimensions, embed_documents or embed_query")
     return provider

@@ -55,7 +55,7 @@ class SentenceTransformerProvider:
             raise ConfigError(f"model {settings.model!r} cannot be loaded: {exc}") from exc
         self.batch_size = settings.encode_batch_size
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimensions = int(dimension())
+        self.dimensions = int(dimension() or 0)
         self.model_id = "sentence-transformers/all-MiniLM-L6-v2" if settings.model in PACKAGED else settings.model
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:

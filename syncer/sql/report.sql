@@ -7,7 +7,3 @@ SELECT
     (SELECT count(*) FROM {queue} WHERE attempts > 0) AS failed,
     (SELECT extract(epoch FROM now() - min(queued_at))::float8 FROM {queue}) AS oldest_seconds,
     (SELECT last_error FROM {queue} WHERE attempts > 0 ORDER BY seq DESC LIMIT 1) AS last_error
-
--- name: search
--- Top rows by cosine similarity through the source's search function.
-SELECT * FROM {search_fn}(%(embedding)s, %(k)s, %(filter)s)
