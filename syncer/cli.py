@@ -15,7 +15,7 @@ import pydantic
 
 from . import report, schema, search, sources
 from .database import Database
-from .providers import load_provider
+from .providers import ProviderFatal, load_provider
 from .settings import ConfigError, Settings
 from .worker import Worker, backlog_progress
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](settings, args)
     except pydantic.ValidationError as exc:
         print(f"syncer: invalid settings: {_validation_message(exc)}", file=sys.stderr)
-    except ConfigError as exc:
+    except (ConfigError, ProviderFatal) as exc:
         print(f"syncer: {exc}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"syncer: database unavailable: {str(exc).strip()}", file=sys.stderr)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from .providers import Provider, ProviderError
+from .providers import Fits, Provider, ProviderError, ProviderFatal
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,39 @@ class Embedded:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def embed(provider: Provider, texts: list[str]) -> Embedded:
-    """Embed ``texts``; if the provider rejects the batch, halve it until the bad rows stand alone.
+def embed(
+    provider: Provider,
+    texts: list[str],
+    labels: list[str] | None = None,
+    on_too_long: Literal["truncate", "error"] = "truncate",
+) -> Embedded:
+    """Embed ``texts`` (``labels`` name their rows in messages).
 
-    A ``ProviderError`` (the provider itself is failing) propagates: no row is charged for it.
+    Texts over the provider's input limit are cut with a warning, or recorded as errors. If the
+    provider rejects a batch, it is halved until the bad rows stand alone. ``ProviderError`` and
+    ``ProviderFatal`` (the provider itself is failing) propagate: no row is charged for them.
     """
+    labels = labels or [str(i) for i in range(len(texts))]
     result = Embedded()
-    _embed_part(provider, texts, list(range(len(texts))), result)
+    fitted = _fit(provider, texts, labels, on_too_long, result)
+    _embed_part(provider, fitted, [i for i in range(len(texts)) if i not in result.errors], result)
     return result
+
+
+def _fit(provider: Provider, texts: list[str], labels: list[str], on_too_long: str, result: Embedded) -> list[str]:
+    if not isinstance(provider, Fits):
+        return texts
+    fitted = []
+    for position, text in enumerate(texts):
+        cut, tokens = provider.fit(text)
+        if tokens > provider.max_input_tokens:
+            limit = f"{tokens} tokens; {provider.model_id} takes at most {provider.max_input_tokens}"
+            if on_too_long == "error":
+                result.errors[position] = f"input too long: {limit}"
+            else:
+                log.warning("row %s: input cut to fit: %s", labels[position], limit)
+        fitted.append(cut)
+    return fitted
 
 
 def _embed_part(provider: Provider, texts: list[str], positions: list[int], result: Embedded) -> None:
@@ -38,7 +64,7 @@ def _embed_part(provider: Provider, texts: list[str], positions: list[int], resu
     try:
         vectors = provider.embed_documents([texts[i] for i in positions])
         _check_shape(provider, vectors, len(positions))
-    except ProviderError:
+    except (ProviderError, ProviderFatal):
         raise
     except Exception as exc:  # the provider's own failure for this input: isolate it
         if len(positions) == 1:

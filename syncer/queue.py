@@ -17,6 +17,7 @@ class Change:
     """A claimed key: its queue position, current text (None: nothing to embed) and what is stored."""
 
     seq: int
+    key: str  # the row's key as text, for messages
     text: str | None
     hash: bytes | None
     stored_hash: bytes | None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -116,16 +116,36 @@ def template_fields(template: str) -> list[str]:
 class Settings(BaseSettings):
     """syncer's configuration. Build once (``Settings()``) and pass it down."""
 
-    model_config = SettingsConfigDict(env_prefix="SYNCER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SYNCER_", extra="ignore", populate_by_name=True)
 
     database_url: SecretStr | None = Field(
         None, description="PostgreSQL URL; unset starts an embedded server in data_dir"
     )
     data_dir: Path = Path(".syncer")
     sources: list[SourceConfig] = Field(default_factory=list)
-    provider: str = "sentence-transformers"
-    model: str = "all-MiniLM-L6-v2"
-    device: str | None = None
+    provider: str = Field("sentence-transformers", description="sentence-transformers, openai, or module:Class")
+    model: str | None = Field(None, description="default: all-MiniLM-L6-v2, or text-embedding-3-small for openai")
+    dimensions: int | None = Field(None, ge=1, description="ask the model for shorter vectors (OpenAI v3 models)")
+    on_too_long: Literal["truncate", "error"] = Field(
+        "truncate", description="a text over the model's input limit: cut it (with a warning) or record an error"
+    )
+    # sentence-transformers
+    device: str | None = Field(None, description="cuda, mps, cpu; default: the best available")
+    st_backend: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="how the local model runs")
+    query_prompt: str | None = Field(None, description="prefix for queries; default: the model's 'query' prompt")
+    document_prompt: str | None = Field(None, description="prefix for documents; default: the model's own")
+    # OpenAI and compatible servers
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SYNCER_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(None, description="an OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    request_inputs: int = Field(2048, ge=1, le=2048, description="most inputs in one embeddings request")
+    request_tokens: int = Field(300_000, ge=1, description="most tokens in one embeddings request")
+    concurrency: int = Field(4, ge=1, description="embeddings requests in flight at once")
+    requests_per_minute: int | None = Field(None, ge=1, description="client-side limit (your account's RPM)")
+    tokens_per_minute: int | None = Field(None, ge=1, description="client-side limit (your account's TPM)")
+    request_timeout: float = Field(60.0, gt=0, description="seconds before a request is abandoned and retried")
+    max_retries: int = Field(6, ge=0, description="retries of a request (429, 5xx, timeouts) before backing off")
     batch_size: int = Field(512, ge=1, description="rows claimed per batch (the window sorted by length)")
     encode_batch_size: int = Field(16, ge=1, description="texts per model forward pass")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of the queue")

@@ -15,7 +15,7 @@ import psycopg
 from . import embedding, queue, report, sources
 from .database import Database
 from .progress import Progress
-from .providers import Provider, ProviderError
+from .providers import Provider, ProviderError, ProviderFatal
 from .settings import Settings
 from .wakeup import Wakeup, backoff
 
@@ -114,9 +114,10 @@ class Worker:
 
     def _embed(self, conn: psycopg.Connection, batch: queue.Batch) -> tuple[dict, dict]:
         todo, _, _ = batch.plan(self.provider.model_id)
+        texts = [c.text for c in todo if c.text is not None]
         try:
-            result = embedding.embed(self.provider, [c.text for c in todo])  # type: ignore[misc]
-        except ProviderError:
+            result = embedding.embed(self.provider, texts, [c.key for c in todo], self.settings.on_too_long)
+        except (ProviderError, ProviderFatal):
             with conn.transaction():
                 queue.release(conn, batch)  # not the rows' fault: give them back uncharged
             raise

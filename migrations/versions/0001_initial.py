@@ -55,4 +55,3 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION syncer.notify_v1()")
     op.execute("DROP SEQUENCE syncer.change_seq")
     op.execute("DROP TABLE syncer.sources")
-

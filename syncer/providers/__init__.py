@@ -11,7 +11,11 @@ from ..settings import ConfigError, Settings
 
 
 class ProviderError(Exception):
-    """The provider failed for the whole batch (down, overloaded, misconfigured): retry later."""
+    """The provider failed for the whole batch (down, overloaded): no row is charged; retry later."""
+
+
+class ProviderFatal(Exception):
+    """The provider refuses all work until a person acts (bad key, no quota): stop, charge no row."""
 
 
 @runtime_checkable
@@ -30,16 +34,31 @@ class Provider(Protocol):
     def embed_query(self, text: str) -> np.ndarray: ...
 
 
+@runtime_checkable
+class Fits(Protocol):
+    """Optional: a provider with an input limit tells how long a text is and what it would send."""
+
+    max_input_tokens: int
+
+    def fit(self, text: str) -> tuple[str, int]:
+        """(the text as it will be embedded, cut to the limit if need be; its length in tokens before that)."""
+        ...
+
+
 def load_provider(settings: Settings) -> Provider:
     """The provider SYNCER_PROVIDER names: a built-in one, or ``package.module:ClassName``."""
     if settings.provider == "sentence-transformers":
         from .sentence_transformers import SentenceTransformerProvider
 
         return SentenceTransformerProvider(settings)
+    if settings.provider == "openai":
+        from .openai_compatible import OpenAIProvider
+
+        return OpenAIProvider(settings)
     if ":" in settings.provider:
         return _custom(settings)
     raise ConfigError(
-        f"unknown provider {settings.provider!r}: use 'sentence-transformers' or 'package.module:ClassName'"
+        f"unknown provider {settings.provider!r}: use 'sentence-transformers', 'openai' or 'package.module:ClassName'"
     )
 
 

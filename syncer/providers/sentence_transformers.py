@@ -11,7 +11,8 @@ from ..settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGED = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def resolve_model(name: str) -> str:
@@ -46,17 +47,18 @@ class SentenceTransformerProvider:
             raise ConfigError(
                 "provider 'sentence-transformers' is not installed: pip install 'syncer[local]'"
             ) from None
-        path = resolve_model(settings.model)
-        log.info("loading model %s from %s", settings.model, path)
+        name = settings.model or DEFAULT_MODEL
+        path = resolve_model(name)
+        log.info("loading model %s from %s", name, path)
         transformers_logging.disable_progress_bar()
         try:
             self.model = SentenceTransformer(path, device=settings.device)
         except OSError as exc:
-            raise ConfigError(f"model {settings.model!r} cannot be loaded: {exc}") from exc
+            raise ConfigError(f"model {name!r} cannot be loaded: {exc}") from exc
         self.batch_size = settings.encode_batch_size
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimensions = int(dimension() or 0)
-        self.model_id = "sentence-transformers/all-MiniLM-L6-v2" if settings.model in PACKAGED else settings.model
+        self.model_id = "sentence-transformers/all-MiniLM-L6-v2" if name in PACKAGED else name
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         # One call for the whole window: sentence-transformers sorts it by length across its batches.

@@ -33,7 +33,8 @@ WITH picked AS (
     WHERE {q_is_p}
     RETURNING q.seq, {q_keys}
 )
-SELECT c.seq, d.text, sha256(convert_to(d.text, 'UTF8')) AS hash, e.content_hash, e.model
+SELECT c.seq, ROW({c_keys})::text AS key, d.text, sha256(convert_to(d.text, 'UTF8')) AS hash,
+       e.content_hash, e.model
 FROM claimed c
 LEFT JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_c}) d ON true
 LEFT JOIN {store} e ON {e_is_c}

