@@ -1,4 +1,4 @@
-"""`syncer run | apply | backfill | status | search | drop | config | demo`."""
+"""`syncer run | apply | backfill | status | search | reembed | drop | config | demo`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from collections.abc import Callable
 import psycopg
 import pydantic
 
-from . import report, schema, search, sources
+from . import reembed, report, schema, search, sources
 from .database import Database
 from .providers import ProviderFatal, load_provider
+from .queue import StoreChanged
 from .settings import ConfigError, Settings
 from .worker import Worker, backlog_progress
 
@@ -50,9 +51,9 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     selected = [s for s in schema.resolve_all(db, settings) if not args.sources or s.name in args.sources]
     with db.connect() as conn:
         for source in selected:
-            queued = sources.enqueue_all(conn, source)
+            queued = sources.enqueue_stale(conn, source)
             conn.commit()
-            print(f"{source.name}: {queued} rows queued (unchanged text is skipped, not re-embedded)")
+            print(f"{source.name}: {queued} rows queued whose vector is missing, stale or orphaned")
     return 0
 
 
@@ -101,6 +102,16 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
+    db = Database.from_settings(settings)
+    source = sources_by_name(db, settings, args.source)
+    provider = load_provider(settings)
+    embedded = reembed.reembed(db, settings, provider, source)
+    print(f"{source.name}: {source.qualified_store} now holds {provider.model_id} vectors ({embedded} embedded)")
+    print("restart the workers with this model: workers still running the old one stop with a message")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(settings.masked(), indent=2))
     return 0
@@ -119,6 +130,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "status": cmd_status,
     "search": cmd_search,
     "drop": cmd_drop,
+    "reembed": cmd_reembed,
     "config": cmd_config,
     "demo": cmd_demo,
 }
@@ -131,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="apply, backfill, then follow changes until stopped")
     run.add_argument("--once", action="store_true", help="process everything pending, then exit")
     sub.add_parser("apply", help="create or refresh syncer's schema and each source's objects")
-    backfill = sub.add_parser("backfill", help="re-queue every row (unchanged text is not re-embedded)")
+    backfill = sub.add_parser("backfill", help="queue every row whose vector is missing or stale (reconcile)")
     backfill.add_argument("sources", nargs="*", help="source names (default: all)")
     sub.add_parser("status", help="rows, embedded, queued, failed and lag per source")
     search = sub.add_parser("search", help="embed TEXT and print the most similar rows")
@@ -141,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--filter", help='JSON the rows must contain, e.g. \'{"lang": "en"}\'')
     drop = sub.add_parser("drop", help="remove a source's store, queue, triggers and search function")
     drop.add_argument("source")
+    reembed_cmd = sub.add_parser(
+        "reembed", help="re-embed a source with the configured model while search keeps serving the old vectors"
+    )
+    reembed_cmd.add_argument("source")
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     demo = sub.add_parser("demo", help="sync a sample table on the embedded default and show it working")
     demo.add_argument("--rows", type=int, default=1000, help="sample rows to create (default 1000)")
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](settings, args)
     except pydantic.ValidationError as exc:
         print(f"syncer: invalid settings: {_validation_message(exc)}", file=sys.stderr)
-    except (ConfigError, ProviderFatal) as exc:
+    except (ConfigError, ProviderFatal, StoreChanged) as exc:
         print(f"syncer: {exc}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"syncer: database unavailable: {str(exc).strip()}", file=sys.stderr)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from .queries import query
 from .sources import Source
+
+
+class StoreChanged(Exception):
+    """The store no longer takes this model's vectors (it was re-embedded): this worker must stop."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def settle(
     with conn.transaction():
         stored = [c for c in embed if c.seq in vectors]
         if stored:
-            outcome.stored = _run(
+            outcome.stored = _store(
                 conn,
                 query("queue", "store", **parts),
                 outcome,
@@ -133,7 +139,18 @@ def release(conn: psycopg.Connection, batch: Batch) -> list[int]:
     return [row[0] for row in cur.fetchall()]
 
 
-def _run(conn: psycopg.Connection, statement: psycopg.sql.Composed, outcome: Outcome, params: dict) -> int:
+def _store(conn: psycopg.Connection, statement: sql.Composed, outcome: Outcome, params: dict[str, Any]) -> int:
+    """The upsert; the store's model constraint or vector size refusing it means a re-embed switched it."""
+    try:
+        return _run(conn, statement, outcome, params)
+    except (psycopg.errors.CheckViolation, psycopg.errors.DataException) as exc:
+        raise StoreChanged(
+            f"the store no longer takes {params['model']} vectors ({str(exc).strip()}): it was re-embedded "
+            "with another model; restart this worker with the store's model"
+        ) from exc
+
+
+def _run(conn: psycopg.Connection, statement: sql.Composed, outcome: Outcome, params: dict[str, Any]) -> int:
     seqs = [row[0] for row in conn.execute(statement, params).fetchall()]
     outcome.done.update(seqs)
     return len(seqs)

@@ -8,7 +8,7 @@ A source's objects: its queue (``syncer.<name>_queue``), capture triggers, the e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -38,6 +38,7 @@ class Source:
     columns: tuple[tuple[str, str], ...]  # (name, SQL type) of every column of the table
     store_schema: str
     store_name: str
+    queue_name: str
 
     @property
     def name(self) -> str:
@@ -61,7 +62,16 @@ class Source:
 
     @property
     def queue(self) -> sql.Identifier:
-        return sql.Identifier(SYNCER_SCHEMA, f"{self.name}_queue")
+        return sql.Identifier(SYNCER_SCHEMA, self.queue_name)
+
+    def with_queue(self, queue_name: str) -> Source:
+        return replace(self, queue_name=queue_name)
+
+    def shadow(self) -> Source:
+        """Where a re-embed builds the next store (with its own queue) while this one keeps serving."""
+        return replace(
+            self, store_schema=SYNCER_SCHEMA, store_name=f"{self.name}_next", queue_name=f"{self.name}_reembed"
+        )
 
     @property
     def index_name(self) -> str:
@@ -150,7 +160,8 @@ def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
         if column not in names:
             raise ConfigError(f"source {config.source_name!r}: key column {column!r} does not exist in {schema}.{name}")
     store_schema, store_name = _split(config.target) if config.target else (None, f"{name}_embeddings")
-    return Source(config, schema, name, tuple(keys), columns, store_schema or schema, store_name)
+    queue_name = f"{config.source_name}_queue"
+    return Source(config, schema, name, tuple(keys), columns, store_schema or schema, store_name, queue_name)
 
 
 def _scalar(conn: psycopg.Connection, statement: sql.Composed, params: dict[str, Any]) -> Any:
@@ -158,7 +169,7 @@ def _scalar(conn: psycopg.Connection, statement: sql.Composed, params: dict[str,
     return row[0] if row else None
 
 
-def _exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
+def exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
     return bool(_scalar(conn, query("sources", "relation_exists"), {"schema": schema, "name": name}))
 
 
@@ -169,27 +180,40 @@ def check_store(conn: psycopg.Connection, source: Source, model_id: str, dimensi
     ).fetchone()
     if row is None:
         return False
-    if row[0] != dimensions:
-        raise ConfigError(
-            f"source {source.name!r}: store {source.qualified_store} holds vector({row[0]}) "
-            f"but model {model_id} makes {dimensions}-dimensional vectors"
-        )
     registered = conn.execute(query("sources", "registered"), {"name": source.name}).fetchone()
     if registered is not None and registered[0] != model_id:
         raise ConfigError(
             f"source {source.name!r}: store {source.qualified_store} was built with model {registered[0]}, "
-            f"not the configured {model_id}; drop it (syncer drop {source.name}) to re-embed everything"
+            f"not the configured {model_id}; `syncer reembed {source.name}` re-embeds it with {model_id} "
+            "while search goes on"
+        )
+    if row[0] != dimensions:
+        raise ConfigError(
+            f"source {source.name!r}: store {source.qualified_store} holds vector({row[0]}) "
+            f"but model {model_id} makes {dimensions}-dimensional vectors"
         )
     return True
 
 
 def create_tables(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
     """Create the source's queue and store if missing; an existing store must suit the model."""
-    parts = source.parts()
-    if not _exists(conn, SYNCER_SCHEMA, f"{source.name}_queue"):
-        conn.execute(query("sources", "create_queue", **parts))
+    create_queue(conn, source)
     if not check_store(conn, source, model_id, dimensions):
-        conn.execute(query("sources", "create_store", **parts, dimensions=sql.Literal(dimensions)))
+        create_store(conn, source, model_id, dimensions)
+
+
+def create_queue(conn: psycopg.Connection, source: Source) -> None:
+    if not exists(conn, SYNCER_SCHEMA, source.queue_name):
+        conn.execute(query("sources", "create_queue", **source.parts()))
+
+
+def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
+    """An empty store for ``dimensions``-long vectors that only ``model_id`` may write."""
+    conn.execute(
+        query(
+            "sources", "create_store", **source.parts(), dimensions=sql.Literal(dimensions), model=sql.Literal(model_id)
+        )
+    )
 
 
 def register(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:
@@ -215,11 +239,11 @@ def mark_backfilled(conn: psycopg.Connection, source: Source) -> None:
 
 def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
     """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
-    if _exists(conn, source.store_schema, source.index_name):
+    if exists(conn, source.store_schema, source.index_name):
         return False
     if not _scalar(conn, query("sources", "try_lock"), {"key": source.index_name}):
         return False
-    if _exists(conn, source.store_schema, source.index_name):
+    if exists(conn, source.store_schema, source.index_name):
         return False
     log.info("building hnsw index %s on %s", source.index_name, source.qualified_store)
     conn.execute(query("sources", "create_index", store=source.store, index=sql.Identifier(source.index_name)))
@@ -232,12 +256,11 @@ def enqueue_missing(conn: psycopg.Connection, source: Source) -> int:
     return cur.rowcount
 
 
-def enqueue_all(conn: psycopg.Connection, source: Source) -> int:
-    """Queue every row and every orphaned vector: converges after changes that bypassed the triggers."""
-    cur = conn.execute(query("queue", "enqueue_all", **source.parts()))
-    queued = cur.rowcount
-    cur = conn.execute(query("queue", "enqueue_orphans", **source.parts()))
-    return queued + cur.rowcount
+def enqueue_stale(conn: psycopg.Connection, source: Source) -> int:
+    """Queue every row whose stored vector is missing or not of its current text, and every orphaned
+    vector: converges after changes that bypassed the triggers (or happened during a re-embed)."""
+    queued = conn.execute(query("queue", "enqueue_stale", **source.parts())).rowcount
+    return queued + conn.execute(query("queue", "enqueue_orphans", **source.parts())).rowcount
 
 
 def drop(conn: psycopg.Connection, source: Source, objects: dict[str, sql.Composable]) -> None:

@@ -6,6 +6,7 @@ settle (second short transaction) on a writer thread while the next batch is cla
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ class Worker:
         self.wakeup = Wakeup(db, settings.poll_interval)
         self._stop = threading.Event()
         self._indexed: set[str] = set()
+        self.embedded = 0  # vectors written by this worker
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from a signal handler)."""
@@ -95,8 +97,8 @@ class Worker:
                         continue
                     claimed += len(batch.changes)
                     vectors, errors = self._embed(claim_conn, batch)
-                    if pending is not None:
-                        settled += pending.result()
+                    previous, pending = pending, None
+                    settled += self._result(previous, claim_conn, batch)
                     pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
@@ -105,6 +107,15 @@ class Worker:
                 settled += pending.result()
         self._ensure_indexes(claim_conn)
         return settled
+
+    def _result(self, pending: Future[int] | None, conn: psycopg.Connection, in_hand: queue.Batch) -> int:
+        """The previous batch's settle; if it failed, give back the batch in hand before raising."""
+        try:
+            return pending.result() if pending is not None else 0
+        except BaseException:
+            with contextlib.suppress(psycopg.Error), conn.transaction():
+                queue.release(conn, in_hand)
+            raise
 
     def _claim(self, conn: psycopg.Connection, source: sources.Source) -> queue.Batch | None:
         if self.stopping:
@@ -127,7 +138,13 @@ class Worker:
 
     def _settle(self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict, errors: dict) -> int:
         backoff_range = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-        outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, backoff_range)
+        try:
+            outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, backoff_range)
+        except queue.StoreChanged:
+            with conn.transaction():
+                queue.release(conn, batch)  # for the workers that run the store's model
+            raise
+        self.embedded += outcome.stored
         log.debug("%s: %s", batch.source.name, outcome)
         bar = self.progress.get(batch.source.name)
         if bar is not None:

@@ -17,19 +17,20 @@ from syncer.settings import Settings
 DIMENSIONS = 16
 
 
-def hash_vector(text: str) -> np.ndarray:
+def hash_vector(text: str, dimensions: int = DIMENSIONS) -> np.ndarray:
     """A unit vector that depends only on the text."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    vector = np.random.default_rng(seed).standard_normal(DIMENSIONS).astype(np.float32)
+    vector = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
     return vector / np.linalg.norm(vector)
 
 
 class HashEmbedder:
     """Embeds by hashing; counts what it was asked to embed. SYNCER_TEST_EMBED_DELAY slows each batch."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.model_id = "test/hash-16"
-        self.dimensions = DIMENSIONS
+    model_id = "test/hash-16"
+    dimensions = DIMENSIONS
+
+    def __init__(self, settings: Settings | None = None) -> None:
         self.calls: list[list[str]] = []
         self.delay = float(os.environ.get("SYNCER_TEST_EMBED_DELAY", "0"))
 
@@ -37,10 +38,11 @@ class HashEmbedder:
         self.calls.append(list(texts))
         if self.delay:
             time.sleep(self.delay)
-        return np.stack([hash_vector(t) for t in texts]) if texts else np.zeros((0, DIMENSIONS), np.float32)
+        vectors = [hash_vector(t, self.dimensions) for t in texts]
+        return np.stack(vectors) if vectors else np.zeros((0, self.dimensions), np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return hash_vector(text)
+        return hash_vector(text, self.dimensions)
 
     @property
     def embedded(self) -> list[str]:
@@ -55,3 +57,16 @@ class PoisonEmbedder(HashEmbedder):
             self.calls.append(list(texts))
             raise ValueError("input rejected: contains POISON")
         return super().embed_documents(texts)
+
+
+class Hash32Embedder(HashEmbedder):
+    """Another model: 32 dimensions."""
+
+    model_id = "test/hash-32"
+    dimensions = 32
+
+
+class OtherHashEmbedder(HashEmbedder):
+    """Another model with the same dimensions as HashEmbedder."""
+
+    model_id = "test/other-16"

@@ -11,25 +11,15 @@ from syncer import cli
 from syncer.settings import Settings, SourceConfig
 
 from helpers import make_settings, sync_once, syncer_env, syncer_process
-from providers import HashEmbedder
+from providers import HashEmbedder, OtherHashEmbedder
 
 HASH = "tests.providers:HashEmbedder"
 
 
 class WideHashEmbedder(HashEmbedder):
-    """Same texts, 32 dimensions: a store built for 16 cannot hold these."""
+    """The same model id, but 32 dimensions: a store built for 16 cannot hold these."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.dimensions = 32
-
-
-class OtherHashEmbedder(HashEmbedder):
-    """Same dimensions, another model: its vectors must not be mixed with the first model's."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.model_id = "test/other-16"
+    dimensions = 32
 
 
 def run_cli(
@@ -78,7 +68,7 @@ def test_bad_configuration_is_named(
     ("provider", "message"),
     [
         (WideHashEmbedder, "store public.docs_embeddings holds vector(16) but model test/hash-16 makes 32-dimensional"),
-        (OtherHashEmbedder, "was built with model test/hash-16, not the configured test/other-16"),
+        (OtherHashEmbedder, "was built with model test/hash-16, not the configured test/other-16; `syncer reembed"),
     ],
 )
 def test_store_built_for_another_model_is_refused(
@@ -94,7 +84,7 @@ def test_store_built_for_another_model_is_refused(
     env = {
         "SYNCER_DATABASE_URL": db_url,
         "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}]),
-        "SYNCER_PROVIDER": f"test_config:{provider.__name__}",
+        "SYNCER_PROVIDER": f"{provider.__module__}:{provider.__name__}",
     }
     code, err = run_cli(monkeypatch, capsys, env, "run", "--once")
     assert code == 2

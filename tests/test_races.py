@@ -19,7 +19,7 @@ class HookedEmbedder(HashEmbedder):
     """Runs ``hook`` once, in the middle of the first embedding call (after the texts were read)."""
 
     def __init__(self, hook: Callable[[], None]) -> None:
-        super().__init__(None)  # type: ignore[arg-type]
+        super().__init__()
         self.hook: Callable[[], None] | None = hook
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:

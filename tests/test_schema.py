@@ -17,13 +17,23 @@ from providers import HashEmbedder
 
 def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
     db = Database(empty_db_url)
-    schema.migrate(db)
+    schema.migrate(db, "0001")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO syncer.sources (name, source_table, store_table, model, dimensions, config) "
+            "VALUES ('docs', 'public.docs', 'public.docs_embeddings', 'm', 3, '{}')"
+        )
+    schema.migrate(db)  # a registry written by the first release survives the upgrade
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT name, reembed_model FROM syncer.sources").fetchall() == [("docs", None)]
+        conn.execute("DELETE FROM syncer.sources")
+        conn.commit()
     schema.downgrade(db, "base")
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT to_regclass('syncer.sources')").fetchone() == (None,)
     schema.migrate(db)
     with psycopg.connect(empty_db_url) as conn:
-        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0001",)
+        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0002",)
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
 
 

@@ -60,10 +60,8 @@ def test_unchanged_text_is_not_re_embedded(conn: psycopg.Connection, docs: str, 
     assert queue_depth(conn) == 0
     conn.execute("UPDATE docs SET body = '' WHERE id = 5")  # NULL to empty: queued, same text
     conn.execute("UPDATE docs SET body = body || '!' WHERE id = 2")
-    with Database.from_settings(settings).connect() as c:
-        assert sources.enqueue_all(c, sources.resolve(c, settings.sources[0])) == 3  # re-check every row
-        c.commit()
-    assert queue_depth(conn) == 5
+    conn.execute("INSERT INTO syncer.docs_queue (id) SELECT id FROM docs ON CONFLICT DO NOTHING")
+    assert queue_depth(conn) == 5  # every row queued again, as after a restore
     sync_once(settings, minilm)
 
     second = dict(conn.execute("SELECT id, embedded_at FROM docs_embeddings").fetchall())
@@ -131,3 +129,24 @@ def test_status_and_search_report(conn: psycopg.Connection, docs: str, db_url: s
     assert status.oldest_seconds is not None and status.oldest_seconds >= 0
     assert headers == ["id", "title", "body", "lang", "similarity"]
     assert rows[0][1] == "Gzip"
+
+
+def test_reconcile_finds_changes_that_bypassed_the_triggers(
+    conn: psycopg.Connection, docs: str, db_url: str, minilm
+) -> None:
+    settings = make_settings(db_url)
+    sync_once(settings, minilm)
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # as a logical replica applies rows
+        conn.execute("UPDATE docs SET body = 'changed behind our back' WHERE id = 2")
+        conn.execute("DELETE FROM docs WHERE id = 3")
+    assert queue_depth(conn) == 0
+
+    db = Database.from_settings(settings)
+    with db.connect() as c:
+        assert sources.enqueue_stale(c, sources.resolve(c, settings.sources[0])) == 2
+        c.commit()
+    sync_once(settings, minilm)
+    after = stored(conn)
+    assert sorted(after) == [1, 2, 4, 5]
+    assert after[2][1] == sha256("Bread\n\nchanged behind our back")

@@ -5,10 +5,11 @@ SELECT {t_keys} FROM {table} t
 WHERE {text} IS NOT NULL AND NOT EXISTS (SELECT FROM {store} e WHERE {t_is_e})
 ON CONFLICT DO NOTHING
 
--- name: enqueue_all
--- Re-check every row (unchanged text is skipped by its hash, so this is cheap to embed).
+-- name: enqueue_stale
+-- Reconcile: queue every row with text whose vector is missing or was made from other text.
 INSERT INTO {queue} ({keys})
-SELECT {t_keys} FROM {table} t
+SELECT {t_keys} FROM {table} t LEFT JOIN {store} e ON {t_is_e}
+WHERE {text} IS NOT NULL AND e.content_hash IS DISTINCT FROM sha256(convert_to({text}, 'UTF8'))
 ON CONFLICT DO NOTHING
 
 -- name: enqueue_orphans

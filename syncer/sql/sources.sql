@@ -31,7 +31,7 @@ WHERE a.attrelid = to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(%(n
 
 -- name: registered
 -- What the registry remembers of a source.
-SELECT model, dimensions, backfilled_at FROM syncer.sources WHERE name = %(name)s
+SELECT model, dimensions, backfilled_at, reembed_model FROM syncer.sources WHERE name = %(name)s
 
 -- name: register
 -- Record (or refresh) a source in the registry.
@@ -71,7 +71,9 @@ ALTER TABLE {store}
     ADD COLUMN content_hash bytea NOT NULL,
     ADD COLUMN model text NOT NULL,
     ADD COLUMN embedded_at timestamptz NOT NULL DEFAULT now(),
-    ADD PRIMARY KEY ({keys});
+    ADD PRIMARY KEY ({keys}),
+    -- One store, one model: a worker still running another model cannot write here.
+    ADD CONSTRAINT syncer_one_model CHECK (model = {model});
 
 -- name: try_lock
 -- One worker at a time builds a given index; the others go on.
