@@ -6,5 +6,10 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "${SYNCER_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+pip_install() {
+    # This machine's pip configuration names local mirrors that may be absent: drop those notices.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+pip_install "${SYNCER_TORCH:-torch==2.13.0}"
+pip_install -e ".[dev]"

@@ -11,6 +11,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import psycopg
 
 from . import embedding, queue, report, sources
@@ -40,6 +41,7 @@ class Worker:
         self.wakeup = Wakeup(db, settings.poll_interval)
         self._stop = threading.Event()
         self._indexed: set[str] = set()
+        self._failures = 0  # connection or provider failures in a row
         self.embedded = 0  # vectors written by this worker
 
     def stop(self) -> None:
@@ -55,15 +57,14 @@ class Worker:
         """Follow changes until stopped; with ``once``, until nothing is ready, then return."""
         if not once:
             self.wakeup.start()
-        failures = 0
         try:
             while not self.stopping:
                 try:
                     self._serve(once)
                     return
                 except (psycopg.OperationalError, ProviderError) as exc:
-                    failures += 1
-                    delay = backoff(failures, base=1.0, cap=60.0)
+                    self._failures += 1
+                    delay = backoff(self._failures, base=1.0, cap=60.0)
                     log.warning("%s; retrying in %.1fs", str(exc).strip() or type(exc).__name__, delay)
                     self._stop.wait(delay)
         finally:
@@ -80,6 +81,7 @@ class Worker:
             while not self.stopping:
                 self.wakeup.event.clear()
                 self.drain(claim_conn, write_conn, writer)
+                self._failures = 0
                 if once:
                     return
                 self.wakeup.event.wait()
@@ -123,7 +125,7 @@ class Worker:
         batch = queue.claim(conn, source, self.settings.batch_size, self.settings.lease_seconds)
         return batch if batch.changes else None
 
-    def _embed(self, conn: psycopg.Connection, batch: queue.Batch) -> tuple[dict, dict]:
+    def _embed(self, conn: psycopg.Connection, batch: queue.Batch) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         todo, _, _ = batch.plan(self.provider.model_id)
         texts = [c.text for c in todo if c.text is not None]
         try:
@@ -136,7 +138,9 @@ class Worker:
         errors = {todo[i].seq: e for i, e in result.errors.items()}
         return vectors, errors
 
-    def _settle(self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict, errors: dict) -> int:
+    def _settle(
+        self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict[int, np.ndarray], errors: dict[int, str]
+    ) -> int:
         backoff_range = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
         try:
             outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, backoff_range)
