@@ -13,6 +13,7 @@ from .providers import Fits, Provider, ProviderError, ProviderFatal
 log = logging.getLogger(__name__)
 
 MAX_ERROR = 1000  # characters of a provider's message kept per failed row
+NAMED_ROWS = 10  # rows named in a warning; the rest are counted
 
 
 @dataclass
@@ -45,16 +46,25 @@ def embed(
 def _fit(provider: Provider, texts: list[str], labels: list[str], on_too_long: str, result: Embedded) -> list[str]:
     if not isinstance(provider, Fits):
         return texts
-    fitted = []
+    fitted, cut = [], []
     for position, text in enumerate(texts):
-        cut, tokens = provider.fit(text)
+        fitted_text, tokens = provider.fit(text)
         if tokens > provider.max_input_tokens:
-            limit = f"{tokens} tokens; {provider.model_id} takes at most {provider.max_input_tokens}"
             if on_too_long == "error":
-                result.errors[position] = f"input too long: {limit}"
+                limit = f"{provider.model_id} takes at most {provider.max_input_tokens}"
+                result.errors[position] = f"input too long: {tokens} tokens; {limit}"
             else:
-                log.warning("row %s: input cut to fit: %s", labels[position], limit)
-        fitted.append(cut)
+                cut.append(f"{labels[position]} {tokens} tokens")
+        fitted.append(fitted_text)
+    if cut:  # one line per window, not one per row: long documents are common
+        more = f" and {len(cut) - NAMED_ROWS} more" if len(cut) > NAMED_ROWS else ""
+        log.warning(
+            "rows cut to fit %s's %d-token input: %s%s",
+            provider.model_id,
+            provider.max_input_tokens,
+            ", ".join(cut[:NAMED_ROWS]),
+            more,
+        )
     return fitted
 
 

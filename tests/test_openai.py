@@ -214,7 +214,7 @@ def test_over_long_input_is_cut_with_a_warning_or_recorded(
     settings = openai_settings(db_url, server)
     with caplog.at_level(logging.WARNING):
         sync_once(settings, load_provider(settings))
-    assert "row (3): input cut to fit: 9000 tokens" in caplog.text
+    assert "rows cut to fit text-embedding-3-small@64's 8191-token input: (3) 9000 tokens" in caplog.text
     assert max(len(encoding().encode(t)) for t in sent(server)) == 8191
     assert 3 in stored(conn)
 
