@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(3600.0, gt=0, description="longest backoff of a failing row")
     notify: bool = Field(True, description="wake workers with NOTIFY; off means poll only")
     index_after_rows: int = Field(
-        10_000, ge=0, description="backfills larger than this build the HNSW index after loading"
+        1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
     application_name: str = "syncer"
 
