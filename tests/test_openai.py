@@ -248,3 +248,22 @@ def test_query_and_document_prompts(server: FakeOpenAI) -> None:
     provider = OpenAIProvider(settings)
     np.testing.assert_allclose(provider.embed_query("cats"), FakeOpenAI.vector("query: cats", 64), rtol=1e-6)
     np.testing.assert_allclose(provider.embed_documents(["cats"])[0], FakeOpenAI.vector("passage: cats", 64), rtol=1e-6)
+
+
+def test_syncer_run_once_against_a_compatible_server_without_a_key(
+    conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
+) -> None:
+    """The issue's acceptance command, as a user runs it against e.g. a local vLLM or Ollama."""
+    env = syncer_env(
+        db_url,
+        json.dumps([{"table": "docs", "columns": ["body"]}]),
+        SYNCER_PROVIDER="openai",
+        SYNCER_OPENAI_BASE_URL=server.base_url,
+        SYNCER_MODEL="nomic-embed-text",
+    )
+    env.pop("OPENAI_API_KEY", None)
+    output, _ = (worker := syncer_process(["run", "--once"], env)).communicate(timeout=60)
+    assert worker.returncode == 0, output
+    vectors = stored(conn)
+    assert len(vectors) == 40 and {v[2] for v in vectors.values()} == {"nomic-embed-text"}
+    np.testing.assert_allclose(vectors[1][0], FakeOpenAI.vector(texts[0], 64), rtol=1e-6)
