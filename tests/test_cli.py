@@ -1,0 +1,47 @@
+"""The command line as a user meets it: progress while syncing, search and status output."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from syncer.progress import Progress
+
+from helpers import syncer_env, syncer_process
+from providers import hash_vector
+
+SOURCES = json.dumps([{"table": "docs", "columns": ["title", "body"]}])
+HASH = "tests.providers:HashEmbedder"
+
+
+def run_cli(db_url: str, *args: str) -> str:
+    env = syncer_env(db_url, SOURCES, SYNCER_PROVIDER=HASH)
+    output, _ = (process := syncer_process(list(args), env)).communicate(timeout=60)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_run_logs_backfill_progress_then_status_and_search(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    output = run_cli(db_url, "run", "--once")
+    assert "syncing docs: 5/5 rows" in output and "rows/s, eta" in output
+
+    status = run_cli(db_url, "status").splitlines()
+    assert status[0].split()[:5] == ["source", "rows", "embedded", "queued", "failed"]
+    assert status[-1].split()[:5] == ["docs", "5", "5", "0", "0"]
+
+    text = "Gzip\n\nCompress and decompress files in the gzip format."
+    assert conn.execute("SELECT id FROM syncer.search_docs(%s, 1)", [hash_vector(text)]).fetchone() == (3,)
+    found = run_cli(db_url, "search", "docs", text, "-k", "2").splitlines()
+    assert found[0].split() == ["id", "title", "body", "lang", "similarity"]
+    assert found[2].split()[:2] == ["3", "Gzip"] and len(found) == 4
+
+
+def test_progress_on_a_terminal_shows_done_total_rate_and_eta(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress("syncing docs", 10, terminal=True)
+    progress.advance(4)
+    progress.advance(6)
+    progress.close()
+    bar = capsys.readouterr().err
+    assert "syncing docs" in bar and "10/10" in bar and "rows/s" in bar
