@@ -31,11 +31,13 @@ def corpus(limit: int, seed: int = 42) -> list[tuple[str, str]]:
         module = _import(name)
         if module is None:
             continue
-        for title, obj in [(name, module), *_members(name, module)]:
-            doc = inspect.getdoc(obj)
-            if doc and len(doc) >= 20 and doc not in seen:
-                seen.add(doc)
-                docs.append((title, doc))
+        with warnings.catch_warnings():  # touching deprecated members (typing.io, ...) warns
+            warnings.simplefilter("ignore")
+            for title, obj in [(name, module), *_members(name, module)]:
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) >= 20 and doc not in seen:
+                    seen.add(doc)
+                    docs.append((title, doc))
     random.Random(seed).shuffle(docs)
     return docs[:limit]
 

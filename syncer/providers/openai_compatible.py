@@ -21,7 +21,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from ..settings import ConfigError, Settings
@@ -159,7 +159,7 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
-_exponential = wait_exponential_jitter(initial=0.5, max=30.0)
+_exponential = wait_random_exponential(multiplier=0.5, max=30.0)  # full jitter
 
 
 def _wait(state: RetryCallState) -> float:
