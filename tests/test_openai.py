@@ -53,6 +53,12 @@ def openai_settings(db_url: str, server: FakeOpenAI, **overrides: object) -> Set
     return make_settings(db_url, {"table": "docs", "columns": ["body"]}, **(values | overrides))
 
 
+def openai_env(db_url: str, server: FakeOpenAI, **extra: str) -> dict[str, str]:
+    """Environment for a `syncer` process that embeds docs.body through the fake server."""
+    sources = json.dumps([{"table": "docs", "columns": ["body"]}])
+    return syncer_env(db_url, sources, SYNCER_PROVIDER="openai", SYNCER_OPENAI_BASE_URL=server.base_url, **extra)
+
+
 def sent(server: FakeOpenAI) -> list[str]:
     return [text for request in server.requests if request.status == 200 for text in request.inputs]
 
@@ -190,14 +196,7 @@ def test_bad_key_or_exhausted_quota_stops_the_worker_and_charges_no_row(
     body: dict | None,
     message: str,
 ) -> None:
-    env = syncer_env(
-        db_url,
-        json.dumps([{"table": "docs", "columns": ["body"]}]),
-        SYNCER_PROVIDER="openai",
-        SYNCER_OPENAI_BASE_URL=server.base_url,
-        OPENAI_API_KEY="sk-test-secret",
-        SYNCER_DIMENSIONS=str(DIMENSIONS),
-    )
+    env = openai_env(db_url, server, OPENAI_API_KEY="sk-test-secret", SYNCER_DIMENSIONS=str(DIMENSIONS))
     server.fail_next(status, times=100, body=body)
     output, _ = (worker := syncer_process(["run"], env)).communicate(timeout=60)
     assert worker.returncode == 2, output
@@ -254,13 +253,7 @@ def test_syncer_run_once_against_a_compatible_server_without_a_key(
     conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
 ) -> None:
     """The issue's acceptance command, as a user runs it against e.g. a local vLLM or Ollama."""
-    env = syncer_env(
-        db_url,
-        json.dumps([{"table": "docs", "columns": ["body"]}]),
-        SYNCER_PROVIDER="openai",
-        SYNCER_OPENAI_BASE_URL=server.base_url,
-        SYNCER_MODEL="nomic-embed-text",
-    )
+    env = openai_env(db_url, server, SYNCER_MODEL="nomic-embed-text")
     env.pop("OPENAI_API_KEY", None)
     output, _ = (worker := syncer_process(["run", "--once"], env)).communicate(timeout=60)
     assert worker.returncode == 0, output
