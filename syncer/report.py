@@ -28,6 +28,11 @@ def status(conn: psycopg.Connection, source: Source) -> Status:
     return Status(source.name, *row)
 
 
+def queued(conn: psycopg.Connection, source: Source) -> int:
+    row = conn.execute(query("report", "queued", queue=source.queue)).fetchone()
+    return row[0] if row else 0
+
+
 def format_table(headers: list[str], rows: list[tuple[Any, ...]], width: int = 60) -> str:
     """A plain aligned text table; long cells are cut to ``width`` characters."""
 

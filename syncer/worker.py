@@ -169,7 +169,7 @@ def backlog_progress(db: Database, source_list: list[sources.Source]) -> dict[st
     bars = {}
     with db.connect() as conn:
         for source in source_list:
-            queued = report.status(conn, source).queued
+            queued = report.queued(conn, source)  # not status(): that counts the whole table
             if queued:
                 bars[source.name] = Progress(f"syncing {source.name}", queued)
     return bars
