@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from syncer.demo import corpus
-from syncer.providers.sentence_transformers import SentenceTransformerProvider
+from syncer.providers.sentence_transformers import SentenceTransformerProvider, local_options
 from syncer.report import format_table
 from syncer.settings import Settings
 
@@ -49,7 +49,7 @@ def start(data_dir: Path) -> tuple[dict[str, SentenceTransformerProvider], dict[
     for backend in BACKENDS:
         began = time.perf_counter()
         providers[backend] = SentenceTransformerProvider(
-            Settings(database_url="unused", sources=[], data_dir=data_dir, st_backend=backend)
+            local_options(Settings(database_url="unused", sources=[], data_dir=data_dir, st_backend=backend))
         )
         seconds[backend] = time.perf_counter() - began
     return providers, seconds

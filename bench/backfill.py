@@ -56,7 +56,7 @@ from syncer.providers import load_provider
 from syncer.providers.sentence_transformers import SentenceTransformerProvider
 from syncer.report import format_table
 from syncer.settings import Settings, SourceConfig
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 TABLE = "public.bench_docs"
 TARGET_RATIO = 0.9
@@ -297,7 +297,7 @@ def time_syncer(
         start = time.perf_counter()
         applied = schema.apply(db, settings, provider)
         apply_seconds = time.perf_counter() - start
-        Worker(settings, db, provider, [source for source, _ in applied]).run(once=True)
+        Worker(db, provider, [source for source, _ in applied], WorkerOptions.from_settings(settings)).run(once=True)
     return measured[0], apply_seconds
 
 
@@ -317,7 +317,7 @@ def measure_latency(
 ) -> list[float]:
     """Seconds from each single-row UPDATE's commit until the store holds its new text's hash."""
     db = Database(url)
-    worker = Worker(settings, db, provider, schema.resolve_all(db, settings))
+    worker = Worker(db, provider, schema.resolve_all(db, settings), WorkerOptions.from_settings(settings))
     thread = threading.Thread(target=worker.run, name="bench-worker")
     thread.start()
     try:

@@ -21,10 +21,10 @@ from pydantic import SecretStr
 
 from syncer import schema
 from syncer.database import Database
-from syncer.providers.openai_compatible import OpenAIProvider
+from syncer.providers.openai_compatible import OpenAIProvider, openai_options
 from syncer.report import format_table
 from syncer.settings import Settings, SourceConfig
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 from backfill import bodies, fresh_database, load_table, postgres, spread
 
@@ -46,11 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def backfill_seconds(settings: Settings, url: str, expected: int) -> float:
     """``syncer run --once`` on a fresh source: apply, then drain the backfill; checks the store."""
-    provider = OpenAIProvider(settings)
+    provider = OpenAIProvider(openai_options(settings))
     db = Database(url)
     start = time.perf_counter()
     applied = schema.apply(db, settings, provider)
-    Worker(settings, db, provider, [s for s, _ in applied]).run(once=True)
+    Worker(db, provider, [s for s, _ in applied], WorkerOptions.from_settings(settings)).run(once=True)
     elapsed = time.perf_counter() - start
     with db.connect() as conn:
         stored = conn.execute("SELECT count(*) FROM public.bench_docs_embeddings").fetchone()

@@ -2,17 +2,23 @@
 
 On the writer's path, so kept cheap and safe: row triggers append the key (coalescing repeated
 edits of a key into one queue row), one statement trigger sends a constant NOTIFY, and TRUNCATE
-empties the queue and the store. The functions are SECURITY DEFINER with a pinned search_path,
-so the application's role needs no privileges on syncer's objects.
+empties the queue and the store (of a partition: queues the keys whose rows it removed). The
+functions are SECURITY DEFINER with a pinned search_path, so the application's role needs no
+privileges on syncer's objects.
 """
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from psycopg import sql
 
+from . import fragments
 from .queries import query
 from .sources import SYNCER_SCHEMA, Source
+
+log = logging.getLogger(__name__)
 
 
 def objects(source: Source) -> dict[str, sql.Composable]:
@@ -21,6 +27,7 @@ def objects(source: Source) -> dict[str, sql.Composable]:
     return {
         "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
         "truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_v1"),
+        "partition_truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_partition_v1"),
         "rows_trigger": sql.Identifier(f"syncer_{name}_rows"),
         "updates_trigger": sql.Identifier(f"syncer_{name}_updates"),
         "truncate_trigger": sql.Identifier(f"syncer_{name}_truncate"),
@@ -28,15 +35,19 @@ def objects(source: Source) -> dict[str, sql.Composable]:
     }
 
 
-def install(conn: psycopg.Connection, source: Source, notify: bool) -> None:
-    """Create or replace the triggers; ``notify=False`` removes the NOTIFY (poll-only mode)."""
+def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
+    """Create or replace the triggers (``notify=False``: no NOTIFY, poll only).
+
+    Returns how many partitions got their TRUNCATE trigger now: partitions created or attached
+    since the last apply (their rows may need queuing).
+    """
     watched = tuple(dict.fromkeys(source.config.text_columns + source.keys))
     parts = (
-        source.parts()
+        fragments.parts(source)
         | objects(source)
         | {
-            "old_keys": source.key_list("old"),
-            "new_keys": source.key_list("new"),
+            "old_keys": fragments.key_list(source, "old"),
+            "new_keys": fragments.key_list(source, "new"),
             "watched": sql.SQL(", ").join(map(sql.Identifier, watched)),
             "old_watched": sql.SQL(", ").join(sql.Identifier("old", c) for c in watched),
             "new_watched": sql.SQL(", ").join(sql.Identifier("new", c) for c in watched),
@@ -46,3 +57,21 @@ def install(conn: psycopg.Connection, source: Source, notify: bool) -> None:
     conn.execute(query("capture", "capture", **parts))
     conn.execute(query("capture", "truncate", **parts))
     conn.execute(query("capture", "notify" if notify else "drop_notify", **parts))
+    return _install_partitions(conn, source, parts) if source.partitioned else 0
+
+
+def _install_partitions(conn: psycopg.Connection, source: Source, parts: dict[str, sql.Composable]) -> int:
+    conn.execute(query("capture", "partition_truncate", **parts))
+    trigger = f"syncer_{source.name}_truncate"
+    missing = conn.execute(
+        query("capture", "partitions"), {"schema": source.schema, "name": source.table_name, "trigger": trigger}
+    ).fetchall()
+    for schema, name in missing:
+        log.info("%s: TRUNCATE trigger on partition %s.%s", source.name, schema, name)
+        conn.execute(query("capture", "partition_trigger", **parts, partition=sql.Identifier(schema, name)))
+    return len(missing)
+
+
+def drop(conn: psycopg.Connection, source: Source) -> None:
+    """Remove the source's triggers and their functions; the table and its rows stay."""
+    conn.execute(query("capture", "drop", **fragments.parts(source), **objects(source)))

@@ -7,54 +7,93 @@ import json
 import logging
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 
 import psycopg
 import pydantic
+import pydantic_settings
 
-from . import reembed, report, schema, search, sources
+from . import catalog, queue, reembed, report, schema, search
 from .database import Database
-from .providers import ProviderFatal, load_provider
-from .queue import StoreChanged
-from .settings import ConfigError, Settings
-from .worker import Worker, backlog_progress
+from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
+from .providers import Provider, load_provider
+from .settings import Settings
+from .sources import Source
+from .wakeup import backoff
+from .worker import Worker, WorkerOptions, backlog_progress
 
 log = logging.getLogger("syncer")
 
+PROVIDER_RETRY_BASE, PROVIDER_RETRY_CAP = 1.0, 60.0  # seconds, while the provider is not up at start
+
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    # Signals first: SIGTERM during start-up (loading a model, waiting for the provider) must stop us.
+    stopping = threading.Event()
+    workers: list[Worker] = []
+
+    def on_signal(*_: object) -> None:
+        stopping.set()
+        for worker in workers:
+            worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     db = Database.from_settings(settings)
     schema.resolve_all(db, settings)  # fail fast on a bad table or column, before loading a model
-    provider = load_provider(settings)
-    applied = schema.apply(db, settings, provider)
-    progress = backlog_progress(db, [s for s, _ in applied])
-    worker = Worker(settings, db, provider, [s for s, _ in applied], progress)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
-    log.info("syncing %s with %s", ", ".join(s.name for s, _ in applied), provider.model_id)
+    provider = start_provider(settings, stopping)
+    if provider is None:
+        return 0
+    applied = [source for source, _ in schema.apply(db, settings, provider)]
+    worker = Worker(db, provider, applied, WorkerOptions.from_settings(settings), backlog_progress(db, applied))
+    workers.append(worker)
+    if stopping.is_set():
+        return 0
+    log.info("syncing %s with %s", ", ".join(s.name for s in applied), provider.model_id)
     worker.run(once=args.once)
     log.info("stopped" if worker.stopping else "queue drained")
     return 0
 
 
+def start_provider(settings: Settings, stopping: threading.Event) -> Provider | None:
+    """The configured provider, waiting with backoff while it is down; None if asked to stop meanwhile."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            return load_provider(settings)
+        except ProviderError as exc:
+            failures += 1
+            delay = backoff(failures, base=PROVIDER_RETRY_BASE, cap=PROVIDER_RETRY_CAP)
+            log.warning("provider not available (%s); retrying in %.1fs", exc, delay)
+            stopping.wait(delay)
+    return None
+
+
 def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
     schema.resolve_all(db, settings)
-    for source, queued in schema.apply(db, settings, load_provider(settings)):
+    for source, queued in schema.apply(db, settings, load_provider(settings), adopt=args.adopt):
         print(f"{source.name}: {source.qualified} -> {source.qualified_store}, {queued} rows queued")
     return 0
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
-    selected = [s for s in schema.resolve_all(db, settings) if not args.sources or s.name in args.sources]
     with db.connect() as conn:
-        for source in selected:
-            queued = sources.enqueue_stale(conn, source)
+        for source in selected(db, settings, args.sources):
+            queued = queue.enqueue_stale(conn, source)
             conn.commit()
             print(f"{source.name}: {queued} rows queued whose vector is missing, stale or orphaned")
     return 0
+
+
+def selected(db: Database, settings: Settings, names: list[str]) -> list[Source]:
+    """The sources named (all when none is), resolved against the catalog."""
+    for name in names:
+        settings.source(name)  # an unknown name is an error, not an empty selection
+    return [s for s in schema.resolve_all(db, settings) if not names or s.name in names]
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -62,9 +101,47 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     source_list = schema.resolve_all(db, settings)
     with db.connect() as conn:
         lines = [report.status(conn, s) for s in source_list]
-    headers = ["source", "rows", "embedded", "queued", "failed", "oldest queued", "last error"]
-    rows = [(s.source, s.rows, s.embedded, s.queued, s.failed, _age(s.oldest_seconds), s.last_error) for s in lines]
+    headers = ["source", "rows", "embedded", "queued", "failing", "dead", "oldest pending", "last error"]
+    rows = [
+        (s.source, s.rows, s.embedded, s.queued, s.failing, s.dead, _age(s.oldest_seconds), s.last_error) for s in lines
+    ]
     print(report.format_table(headers, rows))
+    return 0
+
+
+def cmd_errors(settings: Settings, args: argparse.Namespace) -> int:
+    db = Database.from_settings(settings)
+    rows = []
+    with db.connect() as conn:
+        for source in selected(db, settings, args.sources):
+            for f in queue.failures(conn, source, args.limit):
+                rows.append(
+                    (source.name, f.key, f.attempts, f.state, _time(f.first_failed), _time(f.last_failed), f.error)
+                )
+    if not rows:
+        print("no failing or dead rows")
+        return 0
+    headers = ["source", "key", "attempts", "state", "first failure", "last failure", "last error"]
+    print(report.format_table(headers, rows, width=120))
+    return 0
+
+
+def _time(moment: object) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    if bool(args.keys) == args.all:
+        raise ConfigError("give the keys to retry, or --all (every failing and dead row of the source)")
+    db = Database.from_settings(settings)
+    source = source_by_name(db, settings, args.source)
+    with db.connect() as conn:
+        keys = queue.retry(conn, source, None if args.all else args.keys)
+        conn.commit()
+    print(f"{source.name}: {len(keys)} rows back in line" + (f": {', '.join(keys)}" if keys else ""))
+    unknown = sorted(set(args.keys) - set(keys))
+    if unknown:
+        print(f"{source.name}: not failing (nothing to retry): {', '.join(unknown)}")
     return 0
 
 
@@ -78,7 +155,7 @@ def _age(seconds: float | None) -> str:
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
-    source = sources_by_name(db, settings, args.source)
+    source = source_by_name(db, settings, args.source)
     provider = load_provider(settings)
     with db.connect() as conn:
         headers, rows = search.top(
@@ -88,15 +165,15 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def sources_by_name(db: Database, settings: Settings, name: str) -> sources.Source:
+def source_by_name(db: Database, settings: Settings, name: str) -> Source:
     config = settings.source(name)
     with db.connect(vector=False) as conn:
-        return sources.resolve(conn, config)
+        return catalog.resolve(conn, config)
 
 
 def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
-    source = sources_by_name(db, settings, args.source)
+    source = source_by_name(db, settings, args.source)
     schema.drop_source(db, source)
     print(f"{source.name}: dropped {source.qualified_store}, its queue, triggers and search function")
     return 0
@@ -104,7 +181,7 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
-    source = sources_by_name(db, settings, args.source)
+    source = source_by_name(db, settings, args.source)
     provider = load_provider(settings)
     embedded = reembed.reembed(db, settings, provider, source)
     print(f"{source.name}: {source.qualified_store} now holds {provider.model_id} vectors ({embedded} embedded)")
@@ -128,6 +205,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "apply": cmd_apply,
     "backfill": cmd_backfill,
     "status": cmd_status,
+    "errors": cmd_errors,
+    "retry": cmd_retry,
     "search": cmd_search,
     "drop": cmd_drop,
     "reembed": cmd_reembed,
@@ -142,10 +221,20 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="apply, backfill, then follow changes until stopped")
     run.add_argument("--once", action="store_true", help="process everything pending, then exit")
-    sub.add_parser("apply", help="create or refresh syncer's schema and each source's objects")
+    apply = sub.add_parser("apply", help="create or refresh syncer's schema and each source's objects")
+    apply.add_argument(
+        "--adopt", action="store_true", help="take the configured text definitions where they differ from the applied"
+    )
     backfill = sub.add_parser("backfill", help="queue every row whose vector is missing or stale (reconcile)")
     backfill.add_argument("sources", nargs="*", help="source names (default: all)")
-    sub.add_parser("status", help="rows, embedded, queued, failed and lag per source")
+    sub.add_parser("status", help="rows, embedded, queued, failing, dead and lag per source")
+    errors = sub.add_parser("errors", help="failing and dead rows: key, attempts, state, failures, last error")
+    errors.add_argument("sources", nargs="*", help="source names (default: all)")
+    errors.add_argument("--limit", type=int, default=100, help="rows per source (default 100)")
+    retry = sub.add_parser("retry", help="put failing or dead rows back in line, attempts reset")
+    retry.add_argument("source")
+    retry.add_argument("keys", nargs="*", help="keys as `syncer errors` prints them")
+    retry.add_argument("--all", action="store_true", help="every failing and dead row of the source")
     search = sub.add_parser("search", help="embed TEXT and print the most similar rows")
     search.add_argument("source")
     search.add_argument("text")
@@ -178,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](settings, args)
     except pydantic.ValidationError as exc:
         print(f"syncer: invalid settings: {_validation_message(exc)}", file=sys.stderr)
+    except pydantic_settings.SettingsError as exc:
+        print(f"syncer: invalid settings: {exc}", file=sys.stderr)
     except (ConfigError, ProviderFatal, StoreChanged) as exc:
         print(f"syncer: {exc}", file=sys.stderr)
+    except ProviderError as exc:
+        print(f"syncer: provider unavailable: {exc}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"syncer: database unavailable: {str(exc).strip()}", file=sys.stderr)
     except psycopg.errors.UndefinedTable as exc:
@@ -190,10 +283,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:
+    """``SYNCER_SOURCES[0].table: Input should be a valid string; ...``"""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"SYNCER_{where.upper()}: {error['msg']}" if where else error["msg"])
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            parts.append(message)
+            continue
+        first, *rest = error["loc"]
+        where = f"SYNCER_{str(first).upper()}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 

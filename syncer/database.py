@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
 
-from .settings import ConfigError, Settings
+from .errors import ConfigError
+from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# In every transaction that reads source rows: a row hidden by row-level security raises an error
+# instead of being skipped, so that it can never be taken for a deleted row.
+GUARDS = "SET LOCAL row_security = off"
 
 # Detect a dead peer within about a minute instead of blocking on a half-open socket.
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
@@ -59,3 +65,11 @@ class Database:
             with contextlib.suppress(psycopg.ProgrammingError):  # no pgvector yet: `syncer apply` creates it
                 register_vector(conn)
         return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction in which a source row syncer cannot see is an error, never a missing row."""
+    with conn.transaction():
+        conn.execute(GUARDS)
+        yield

@@ -14,7 +14,7 @@ from .database import Database
 from .providers import Provider, load_provider
 from .settings import Settings, SourceConfig
 from .sources import Source
-from .worker import Worker, backlog_progress
+from .worker import Worker, WorkerOptions, backlog_progress
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def demo(settings: Settings, rows: int) -> int:
     provider = load_provider(settings)
     source_list = [source for source, _ in schema.apply(db, settings, provider)]
     print(f"2. syncing {source_list[0].qualified} into {source_list[0].qualified_store} with {provider.model_id}")
-    Worker(settings, db, provider, source_list, backlog_progress(db, source_list)).run(once=True)
+    options = WorkerOptions.from_settings(settings)
+    Worker(db, provider, source_list, options, backlog_progress(db, source_list)).run(once=True)
     _show_status(db, source_list)
     print("3. editing row 1, emptying row 2 and deleting row 3, then syncing again")
     with db.connect() as conn:
@@ -101,7 +102,7 @@ def demo(settings: Settings, rows: int) -> int:
         conn.execute("UPDATE public.demo_docs SET body = NULL, title = NULL WHERE id = 2")
         conn.execute("DELETE FROM public.demo_docs WHERE id = 3")
         conn.commit()
-    Worker(settings, db, provider, source_list).run(once=True)
+    Worker(db, provider, source_list, options).run(once=True)
     _show_status(db, source_list)
     _show_searches(db, source_list[0], provider)
     return 0
@@ -110,7 +111,7 @@ def demo(settings: Settings, rows: int) -> int:
 def _show_status(db: Database, source_list: list[Source]) -> None:
     with db.connect() as conn:
         s = report.status(conn, source_list[0])
-    print(f"   rows {s.rows}, embedded {s.embedded}, queued {s.queued}, failed {s.failed}")
+    print(f"   rows {s.rows}, embedded {s.embedded}, queued {s.queued}, failing {s.failing}, dead {s.dead}")
 
 
 def _show_searches(db: Database, source: Source, provider: Provider) -> None:

@@ -1,4 +1,13 @@
-"""Embed a window of texts, finding the rows a provider rejects without losing the rest (no database here)."""
+"""Embed a window of texts: each row gets a usable vector or its own error, and the provider's faults stay its own.
+
+No database here. Classified once:
+- the provider raises ``ProviderError`` / ``ProviderFatal``, or answers with the wrong number of
+  vectors or dimensions or something that is not vectors: the provider's fault, for the whole
+  batch (propagated; no row is charged);
+- the provider raises anything else for a batch: some input is at fault; the batch is halved
+  until the bad rows stand alone, and each is recorded with the provider's message;
+- a vector with NaN or infinite values, or all zeros (no direction): that row's error.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +17,11 @@ from typing import Literal
 
 import numpy as np
 
-from .providers import Fits, Provider, ProviderError, ProviderFatal
+from .errors import ProviderError, ProviderFatal, row_error
+from .providers import Fits, Provider
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR = 1000  # characters of a provider's message kept per failed row
 NAMED_ROWS = 10  # rows named in a warning; the rest are counted
 
 
@@ -32,9 +41,7 @@ def embed(
 ) -> Embedded:
     """Embed ``texts`` (``labels`` name their rows in messages).
 
-    Texts over the provider's input limit are cut with a warning, or recorded as errors. If the
-    provider rejects a batch, it is halved until the bad rows stand alone. ``ProviderError`` and
-    ``ProviderFatal`` (the provider itself is failing) propagate: no row is charged for them.
+    Texts over the provider's input limit are cut with a warning, or recorded as errors.
     """
     labels = labels or [str(i) for i in range(len(texts))]
     result = Embedded()
@@ -72,26 +79,48 @@ def _embed_part(provider: Provider, texts: list[str], positions: list[int], resu
     if not positions:
         return
     try:
-        vectors = provider.embed_documents([texts[i] for i in positions])
-        _check_shape(provider, vectors, len(positions))
+        answer = provider.embed_documents([texts[i] for i in positions])
     except (ProviderError, ProviderFatal):
         raise
     except Exception as exc:  # the provider's own failure for this input: isolate it
         if len(positions) == 1:
-            message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
-            log.warning("row rejected by %s: %s", provider.model_id, message)
-            result.errors[positions[0]] = message
+            result.errors[positions[0]] = row_error(exc)
+            log.warning("row rejected by %s: %s", provider.model_id, result.errors[positions[0]])
             return
         middle = len(positions) // 2
         _embed_part(provider, texts, positions[:middle], result)
         _embed_part(provider, texts, positions[middle:], result)
         return
-    for position, vector in zip(positions, vectors, strict=True):
-        result.vectors[position] = vector
+    vectors = checked(provider, answer, len(positions))
+    for position, vector, problem in zip(positions, vectors, unusable(vectors), strict=True):
+        if problem:
+            result.errors[position] = problem
+        else:
+            result.vectors[position] = vector
 
 
-def _check_shape(provider: Provider, vectors: np.ndarray, count: int) -> None:
-    if vectors.shape != (count, provider.dimensions):
-        raise ValueError(
-            f"provider {provider.model_id} returned shape {vectors.shape}, expected ({count}, {provider.dimensions})"
+def checked(provider: Provider, answer: object, count: int) -> np.ndarray:
+    """The provider's answer as a ``(count, dimensions)`` float32 array, or its fault."""
+    try:
+        vectors = np.asarray(answer, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ProviderError(f"{provider.model_id} answered with something that is not vectors ({exc})") from exc
+    if vectors.ndim != 2 or vectors.shape[0] != count:
+        raise ProviderError(f"{provider.model_id} answered {count} texts with an array of shape {vectors.shape}")
+    if vectors.shape[1] != provider.dimensions:
+        raise ProviderFatal(
+            f"{provider.model_id} made {vectors.shape[1]}-dimensional vectors, but it declares {provider.dimensions} "
+            "(the store's size): check the model, SYNCER_DIMENSIONS, or the server behind SYNCER_OPENAI_BASE_URL"
         )
+    return vectors
+
+
+def unusable(vectors: np.ndarray) -> list[str | None]:
+    """Per vector, why it cannot be stored and searched (None: it can)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    nonzero = (vectors != 0).any(axis=1)
+    return [
+        None if ok and nz else "the provider returned a vector with NaN or infinite values" if not ok
+        else "the provider returned an all-zero vector (no direction: cosine similarity is undefined)"
+        for ok, nz in zip(finite.tolist(), nonzero.tolist(), strict=True)
+    ]  # fmt: skip

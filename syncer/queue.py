@@ -1,21 +1,30 @@
-"""Claim a batch of changed keys under a lease, and settle it: store, unstore, ack, fail, release."""
+"""A source's queue: enqueue, claim under a lease, renew, settle (store, unstore, ack, fail), release, retry.
+
+Every write of a batch is fenced: it touches only queue rows that still carry the batch's lease
+token and the seq they had when claimed, so a key changed meanwhile, or taken over after a lost
+lease, is never written with stale work.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
+from . import fragments, registry
+from .database import transaction
+from .errors import ConfigError
 from .queries import query
 from .sources import Source
+from .tables import MODEL_CONSTRAINT
 
-
-class StoreChanged(Exception):
-    """The store no longer takes this model's vectors (it was re-embedded): this worker must stop."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,48 +39,78 @@ class Change:
     stored_model: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
+    """Claimed keys, planned once: what to embed, what to unstore, what is already stored as it is."""
+
     source: Source
     token: uuid.UUID
-    changes: list[Change]
+    embed: tuple[Change, ...]
+    unstore: tuple[Change, ...]
+    unchanged: tuple[Change, ...]
+    claimed_at: float  # time.monotonic()
 
     @property
     def seqs(self) -> list[int]:
-        return [c.seq for c in self.changes]
+        return [c.seq for c in (*self.embed, *self.unstore, *self.unchanged)]
 
-    def plan(self, model_id: str) -> tuple[list[Change], list[Change], list[Change]]:
-        """Split into (to embed, to unstore, unchanged)."""
-        embed, unstore, unchanged = [], [], []
-        for change in self.changes:
-            if change.text is None:
-                unstore.append(change)
-            elif change.hash == change.stored_hash and change.stored_model == model_id:
-                unchanged.append(change)
-            else:
-                embed.append(change)
-        return embed, unstore, unchanged
+    def __len__(self) -> int:
+        return len(self.embed) + len(self.unstore) + len(self.unchanged)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Failures:
+    """How rows the provider rejects are retried: exponential backoff, then dead."""
+
+    base_seconds: float
+    max_seconds: float
+    max_attempts: int
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What settling a batch did; ``released`` keys changed meanwhile and will be claimed again."""
+    """What a settle did; ``released`` keys changed meanwhile (or were not reached) and come back."""
 
     stored: int = 0
-    unstored: int = 0
+    removed: int = 0
     unchanged: int = 0
     failed: int = 0
+    dead: int = 0
     released: int = 0
-    done: set[int] = field(default_factory=set)
+    taken: int = 0  # keys whose lease ran out and another worker took
+
+    @property
+    def settled(self) -> int:
+        return self.stored + self.removed + self.unchanged + self.failed + self.dead
 
 
-def claim(conn: psycopg.Connection, source: Source, limit: int, lease_seconds: float) -> Batch:
-    """Lease up to ``limit`` ready keys of ``source`` in one short transaction."""
+def plan(source: Source, token: uuid.UUID, changes: list[Change], model_id: str) -> Batch:
+    embed, unstore, unchanged = [], [], []
+    for change in changes:
+        if change.text is None:
+            unstore.append(change)
+        elif change.hash == change.stored_hash and change.stored_model == model_id:
+            unchanged.append(change)
+        else:
+            embed.append(change)
+    return Batch(source, token, tuple(embed), tuple(unstore), tuple(unchanged), time.monotonic())
+
+
+def claim(
+    conn: psycopg.Connection, source: Source, model_id: str, limit: int, max_bytes: int, lease_seconds: float
+) -> Batch:
+    """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction."""
     token = uuid.uuid4()
-    params = {"limit": limit, "token": token, "lease": lease_seconds}
-    with conn.transaction():
-        rows = conn.execute(query("queue", "claim", **source.parts()), params).fetchall()
-    return Batch(source, token, [Change(*row) for row in rows])
+    params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds}
+    with transaction(conn):
+        rows = conn.execute(query("queue", "claim", **fragments.parts(source)), params).fetchall()
+    return plan(source, token, [Change(*row) for row in rows], model_id)
+
+
+def renew(conn: psycopg.Connection, batch: Batch, lease_seconds: float) -> int:
+    """Extend the lease of the batch's keys that are still ours; returns how many."""
+    params = {"seqs": batch.seqs, "token": batch.token, "lease": lease_seconds}
+    return len(conn.execute(query("queue", "renew", **fragments.parts(batch.source)), params).fetchall())
 
 
 def settle(
@@ -80,77 +119,118 @@ def settle(
     model_id: str,
     vectors: dict[int, np.ndarray],
     errors: dict[int, str],
-    backoff: tuple[float, float],
+    failures: Failures,
 ) -> Outcome:
     """Write what the batch produced, in one short transaction that keeps only what is still ours.
 
-    ``vectors`` and ``errors`` are keyed by seq. A key whose lease was lost, or whose row changed
-    since the claim, is not written: its newer change is (or will be) queued under a new seq.
+    ``vectors`` and ``errors`` are keyed by seq. Raises ``StoreChanged`` if this worker's model
+    or text definition is no longer the applied one (nothing is written then).
     """
-    embed, unstore, unchanged = batch.plan(model_id)
-    parts = batch.source.parts()
-    token = batch.token
-    outcome = Outcome()
-    with conn.transaction():
-        stored = [c for c in embed if c.seq in vectors]
-        if stored:
-            outcome.stored = _store(
-                conn,
-                query("queue", "store", **parts),
-                outcome,
-                {
-                    "seqs": [c.seq for c in stored],
-                    "hashes": [c.hash for c in stored],
-                    "embeddings": [vectors[c.seq] for c in stored],
-                    "token": token,
-                    "model": model_id,
-                },
-            )
-        if unstore:
-            outcome.unstored = _run(
-                conn, query("queue", "unstore", **parts), outcome, {"seqs": [c.seq for c in unstore], "token": token}
-            )
-        if unchanged:
-            outcome.unchanged = _run(
-                conn, query("queue", "ack", **parts), outcome, {"seqs": [c.seq for c in unchanged], "token": token}
-            )
-        if errors:
-            outcome.failed = _run(
-                conn,
-                query("queue", "fail", **parts),
-                outcome,
-                {
-                    "seqs": list(errors),
-                    "errors": list(errors.values()),
-                    "token": token,
-                    "base": backoff[0],
-                    "max": backoff[1],
-                },
-            )
-        outcome.released = len(release(conn, batch))
-    return outcome
+    stored = [c for c in batch.embed if c.seq in vectors]
+    arms: list[tuple[str, list[int], dict[str, Any]]] = [
+        ("store", [c.seq for c in stored], {
+            "hashes": [c.hash for c in stored], "embeddings": [vectors[c.seq] for c in stored], "model": model_id,
+        }),
+        ("unstore", [c.seq for c in batch.unstore], {}),
+        ("ack", [c.seq for c in batch.unchanged], {}),
+        ("fail", list(errors), {
+            "errors": list(errors.values()), "base": failures.base_seconds, "max": failures.max_seconds,
+            "max_attempts": failures.max_attempts,
+        }),
+    ]  # fmt: skip
+    done: dict[str, list[tuple[Any, ...]]] = {}
+    with transaction(conn):
+        registry.fence(conn, batch.source, model_id)
+        for block, seqs, params in arms:
+            done[block] = _run(conn, batch, block, seqs, params)
+        settled = {row[0] for rows in done.values() for row in rows}
+        rest = [seq for seq in batch.seqs if seq not in settled]
+        released = {row[0] for row in _run(conn, batch, "release", rest, {})}
+        taken = _taken(conn, batch, [seq for seq in rest if seq not in released])
+    dead = sum(1 for _, is_dead in done["fail"] if is_dead)
+    return Outcome(
+        len(done["store"]), len(done["unstore"]), len(done["ack"]), len(done["fail"]) - dead, dead, len(released), taken
+    )
 
 
-def release(conn: psycopg.Connection, batch: Batch) -> list[int]:
-    """Give back the batch's keys that are still ours (claimable again at once)."""
-    if not batch.changes:
+def _run(
+    conn: psycopg.Connection, batch: Batch, block: str, seqs: list[int], params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """One arm of a settle on the keys ``seqs`` still ours; returns a row (seq first) per key it settled."""
+    if not seqs:
         return []
-    cur = conn.execute(query("queue", "release", **batch.source.parts()), {"seqs": batch.seqs, "token": batch.token})
-    return [row[0] for row in cur.fetchall()]
-
-
-def _store(conn: psycopg.Connection, statement: sql.Composed, outcome: Outcome, params: dict[str, Any]) -> int:
-    """The upsert; the store's model constraint or vector size refusing it means a re-embed switched it."""
+    statement = query("queue", block, **fragments.parts(batch.source))
     try:
-        return _run(conn, statement, outcome, params)
-    except (psycopg.errors.CheckViolation, psycopg.errors.DataException) as exc:
-        raise StoreChanged(
-            f"the store no longer takes {params['model']} vectors ({str(exc).strip()}): it was re-embedded "
-            "with another model; restart this worker with the store's model"
-        ) from exc
+        return conn.execute(statement, {"seqs": seqs, "token": batch.token} | params).fetchall()
+    except psycopg.errors.CheckViolation as exc:
+        if exc.diag.constraint_name == MODEL_CONSTRAINT:  # the registry (held by the fence) says it is ours
+            raise ConfigError(
+                f"{batch.source.qualified_store} refuses {params.get('model')} vectors ({MODEL_CONSTRAINT}), "
+                "though syncer.sources says it holds them: the store was altered outside syncer"
+            ) from exc
+        raise
 
 
-def _run(conn: psycopg.Connection, statement: sql.Composed, outcome: Outcome, params: dict[str, Any]) -> int:
-    seqs = [row[0] for row in conn.execute(statement, params).fetchall()]
-    outcome.done.update(seqs)
-    return len(seqs)
+def _taken(conn: psycopg.Connection, batch: Batch, seqs: list[int]) -> int:
+    """Keys unchanged since the claim that are no longer ours (their lease expired): warn, they were redone."""
+    if not seqs:
+        return 0
+    row = conn.execute(query("queue", "taken", **fragments.parts(batch.source)), {"seqs": seqs, "token": batch.token})
+    taken = int(row.fetchone()[0])  # type: ignore[index]
+    if taken:
+        log.warning(
+            "%s: the lease on %d rows ran out after %.0fs and another worker took them; their work here was discarded",
+            batch.source.name,
+            taken,
+            time.monotonic() - batch.claimed_at,
+        )
+    return taken
+
+
+def release(conn: psycopg.Connection, batch: Batch) -> int:
+    """Give back the batch's keys that are still ours (claimable again at once)."""
+    with transaction(conn):
+        return len(_run(conn, batch, "release", batch.seqs, {}))
+
+
+def busy(conn: psycopg.Connection, source: Source) -> bool:
+    """Whether any key is ready or leased (dead and backing-off keys wait for no one)."""
+    row = conn.execute(query("queue", "busy", **fragments.parts(source))).fetchone()
+    return bool(row and row[0])
+
+
+def enqueue_missing(conn: psycopg.Connection, source: Source) -> int:
+    """Queue every row with text but no vector (the backfill); returns how many were queued."""
+    with transaction(conn):
+        return conn.execute(query("queue", "enqueue_missing", **fragments.parts(source))).rowcount
+
+
+def enqueue_stale(conn: psycopg.Connection, source: Source) -> int:
+    """Queue every row whose stored vector is missing or not of its current text, and every orphaned
+    vector: converges after changes that bypassed the triggers (or happened during a re-embed)."""
+    parts = fragments.parts(source)
+    with transaction(conn):
+        queued = conn.execute(query("queue", "enqueue_stale", **parts)).rowcount
+        return queued + conn.execute(query("queue", "enqueue_orphans", **parts)).rowcount
+
+
+@dataclass(frozen=True)
+class Failure:
+    key: str
+    attempts: int
+    state: str  # dead, backoff, ready (retry due) or leased (being retried)
+    first_failed: datetime | None
+    last_failed: datetime | None
+    error: str | None
+
+
+def failures(conn: psycopg.Connection, source: Source, limit: int) -> list[Failure]:
+    """Failing and dead rows of a source, dead first, then the latest failures."""
+    rows = conn.execute(query("queue", "failures", **fragments.parts(source)), {"limit": limit}).fetchall()
+    return [Failure(*row) for row in rows]
+
+
+def retry(conn: psycopg.Connection, source: Source, keys: list[str] | None) -> list[str]:
+    """Put failing or dead rows back in line with attempts reset (``keys`` None: all); returns the keys."""
+    params = {"all": keys is None, "keys": keys or []}
+    return [row[0] for row in conn.execute(query("queue", "retry", **fragments.parts(source)), params)]

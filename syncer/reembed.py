@@ -15,28 +15,31 @@ import logging
 import psycopg
 from psycopg import sql
 
-from . import schema, search, sources
+from . import queue, registry, schema, search, tables
+from .catalog import exists
 from .database import Database
+from .errors import ConfigError
 from .providers import Provider
 from .queries import query
-from .settings import ConfigError, Settings
-from .worker import Worker, backlog_progress
+from .settings import Settings
+from .sources import Source
+from .worker import Worker, WorkerOptions, backlog_progress
 
 log = logging.getLogger(__name__)
 
 CATCH_UP_ROUNDS = 3  # passes over rows edited during the re-embed before the switch queues the rest
 
 
-def reembed(db: Database, settings: Settings, provider: Provider, source: sources.Source) -> int:
+def reembed(db: Database, settings: Settings, provider: Provider, source: Source) -> int:
     """Build the shadow store with ``provider``, catch up, switch; returns the rows embedded."""
-    shadow = source.shadow()
+    shadow = source.as_shadow()
     with schema.apply_lock(db), db.connect() as conn:
         _begin(conn, source, shadow, provider)
         conn.commit()
     embedded = _drain(db, settings, provider, shadow)
     for _ in range(CATCH_UP_ROUNDS):
         with db.connect() as conn:
-            stale = sources.enqueue_stale(conn, shadow)
+            stale = queue.enqueue_stale(conn, shadow)
             conn.commit()
         if not stale:
             break
@@ -48,11 +51,11 @@ def reembed(db: Database, settings: Settings, provider: Provider, source: source
     return embedded
 
 
-def _begin(conn: psycopg.Connection, source: sources.Source, shadow: sources.Source, provider: Provider) -> None:
-    registered = conn.execute(query("sources", "registered"), {"name": source.name}).fetchone()
-    if registered is None:
+def _begin(conn: psycopg.Connection, source: Source, shadow: Source, provider: Provider) -> None:
+    registration = registry.read(conn, source.name)
+    if registration is None:
         raise ConfigError(f"source {source.name!r} has no store yet: `syncer run` or `syncer apply` creates it")
-    model, _, _, reembed_model = registered
+    model, reembed_model = registration.model, registration.reembed_model
     if model == provider.model_id and reembed_model is None:
         raise ConfigError(f"source {source.name!r} is already embedded with {model}: nothing to re-embed")
     if reembed_model not in (None, provider.model_id):
@@ -60,22 +63,25 @@ def _begin(conn: psycopg.Connection, source: sources.Source, shadow: sources.Sou
         conn.execute(query("reembed", "discard", store=shadow.store, queue=shadow.queue))
     params = {"name": source.name, "model": provider.model_id, "dimensions": provider.dimensions}
     conn.execute(query("reembed", "begin"), params)
-    sources.create_queue(conn, shadow)
-    if not sources.exists(conn, shadow.store_schema, shadow.store_name):
-        sources.create_store(conn, shadow, provider.model_id, provider.dimensions)
-    queued = sources.enqueue_missing(conn, shadow)
+    tables.create_queue(conn, shadow)
+    if not exists(conn, shadow.store_schema, shadow.store_name):
+        tables.create_store(conn, shadow, provider.model_id, provider.dimensions)
+    queued = queue.enqueue_missing(conn, shadow)
     log.info("re-embedding %s with %s: %d rows queued", source.name, provider.model_id, queued)
 
 
-def _drain(db: Database, settings: Settings, provider: Provider, shadow: sources.Source) -> int:
-    worker = Worker(settings, db, provider, [shadow], backlog_progress(db, [shadow]))
+def _drain(db: Database, settings: Settings, provider: Provider, shadow: Source) -> int:
+    worker = Worker(db, provider, [shadow], WorkerOptions.from_settings(settings), backlog_progress(db, [shadow]))
     worker.run(once=True)
     return worker.embedded
 
 
-def _switch(conn: psycopg.Connection, source: sources.Source, shadow: sources.Source) -> None:
+def _switch(conn: psycopg.Connection, source: Source, shadow: Source) -> None:
+    # The registry first: settles in flight (which hold its row) finish before the switch, and any later
+    # settle of an old-model worker finds the new model there and stops (no lock-order deadlock).
+    conn.execute(query("reembed", "finish"), {"name": source.name})
     # Rows edited since the last catch-up go to the live queue: the new model's workers embed them.
-    sources.enqueue_stale(conn, shadow.with_queue(source.queue_name))
+    queue.enqueue_stale(conn, shadow.with_queue(source.queue_name))
     conn.execute(
         query(
             "reembed",
@@ -89,4 +95,3 @@ def _switch(conn: psycopg.Connection, source: sources.Source, shadow: sources.So
         )
     )
     search.install(conn, source)
-    conn.execute(query("reembed", "finish"), {"name": source.name})

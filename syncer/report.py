@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from . import fragments
 from .queries import query
 from .sources import Source
 
@@ -16,14 +17,15 @@ class Status:
     source: str
     rows: int
     embedded: int
-    queued: int
-    failed: int
-    oldest_seconds: float | None
+    queued: int  # waiting, failing ones included; dead ones apart
+    failing: int
+    dead: int
+    oldest_seconds: float | None  # the oldest change still pending (dead rows excluded)
     last_error: str | None
 
 
 def status(conn: psycopg.Connection, source: Source) -> Status:
-    row = conn.execute(query("report", "status", **source.parts())).fetchone()
+    row = conn.execute(query("report", "status", **fragments.parts(source))).fetchone()
     assert row is not None
     return Status(source.name, *row)
 

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from . import fragments
 from .queries import query
 from .sources import Source
 
@@ -23,7 +24,14 @@ def install(conn: psycopg.Connection, source: Source) -> None:
     )
     t_columns = sql.SQL(", ").join(sql.Identifier("t", column) for column, _ in source.columns)
     conn.execute(
-        query("search", "create", **source.parts(), search_fn=source.search_fn, returns=returns, t_columns=t_columns)
+        query(
+            "search",
+            "create",
+            **fragments.parts(source),
+            search_fn=source.search_fn,
+            returns=returns,
+            t_columns=t_columns,
+        )
     )
 
 
@@ -36,3 +44,7 @@ def top(
         {"embedding": embedding, "k": k, "filter": Jsonb(filter) if filter is not None else None},
     )
     return [d.name for d in cur.description or []], cur.fetchall()
+
+
+def drop(conn: psycopg.Connection, source: Source) -> None:
+    conn.execute(query("search", "drop", search_fn=source.search_fn))

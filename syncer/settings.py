@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME = 40  # leaves room for the suffixes of derived objects within PostgreSQL's 63 bytes
-
-
-class ConfigError(Exception):
-    """A configuration problem the user must fix; the message names the culprit."""
 
 
 def _check_identifier(value: str, what: str) -> str:
@@ -122,7 +121,7 @@ class Settings(BaseSettings):
         None, description="PostgreSQL URL; unset starts an embedded server in data_dir"
     )
     data_dir: Path = Path(".syncer")
-    sources: list[SourceConfig] = Field(default_factory=list)
+    sources: Annotated[list[SourceConfig], NoDecode] = Field(default_factory=list)
     provider: str = Field("sentence-transformers", description="sentence-transformers, openai, or module:Class")
     model: str | None = Field(None, description="default: all-MiniLM-L6-v2, or text-embedding-3-small for openai")
     dimensions: int | None = Field(None, ge=1, description="ask the model for shorter vectors (OpenAI v3 models)")
@@ -147,16 +146,37 @@ class Settings(BaseSettings):
     request_timeout: float = Field(60.0, gt=0, description="seconds before a request is abandoned and retried")
     max_retries: int = Field(6, ge=0, description="retries of a request (429, 5xx, timeouts) before backing off")
     batch_size: int = Field(512, ge=1, description="rows claimed per batch (the window sorted by length)")
+    batch_bytes: int = Field(
+        8_000_000, ge=1, description="most bytes of text claimed per batch (a longer row comes alone)"
+    )
     encode_batch_size: int = Field(16, ge=1, description="texts per model forward pass")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of the queue")
-    lease_seconds: float = Field(300.0, gt=0, description="how long a claimed batch stays ours")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="a claimed batch stays ours this long unless renewed (every third of it)"
+    )
+    max_batch_seconds: float = Field(
+        1800.0, gt=0, description="a batch held longer is no longer renewed: a stuck worker's rows go to others"
+    )
     retry_base_seconds: float = Field(10.0, gt=0, description="first backoff of a failing row")
     retry_max_seconds: float = Field(3600.0, gt=0, description="longest backoff of a failing row")
+    max_attempts: int = Field(10, ge=1, description="a row rejected this many times is dead: no more retries")
     notify: bool = Field(True, description="wake workers with NOTIFY; off means poll only")
     index_after_rows: int = Field(
         1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
     application_name: str = "syncer"
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            raise ValueError('is empty; give a JSON list of sources, e.g. [{"table": "docs", "columns": ["body"]}]')
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not JSON ({exc})") from None
 
     @field_validator("sources")
     @classmethod

@@ -2,43 +2,75 @@
 
 Each batch: claim under a lease (short transaction), embed with no transaction open, then
 settle (second short transaction) on a writer thread while the next batch is claimed and embedded.
+Every batch in hand is held by ``Leases``: renewed while it is worked on, and given back at once
+whatever the failure, from one place (``run``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import psycopg
 
-from . import embedding, queue, report, sources
+from . import embedding, queue, report, tables
 from .database import Database
+from .errors import ProviderError
+from .leases import Leases
 from .progress import Progress
-from .providers import Provider, ProviderError, ProviderFatal
+from .providers import Provider
 from .settings import Settings
+from .sources import Source
 from .wakeup import Wakeup, backoff
 
 log = logging.getLogger(__name__)
+
+RECONNECT_BASE, RECONNECT_CAP = 1.0, 60.0  # seconds: backoff after a lost database or a failing provider
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    batch_size: int = 512
+    batch_bytes: int = 8_000_000
+    lease_seconds: float = 60.0
+    max_batch_seconds: float = 1800.0
+    poll_interval: float = 5.0
+    on_too_long: Literal["truncate", "error"] = "truncate"
+    failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerOptions:
+        return cls(
+            batch_size=settings.batch_size,
+            batch_bytes=settings.batch_bytes,
+            lease_seconds=settings.lease_seconds,
+            max_batch_seconds=settings.max_batch_seconds,
+            poll_interval=settings.poll_interval,
+            on_too_long=settings.on_too_long,
+            failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
+        )
 
 
 class Worker:
     def __init__(
         self,
-        settings: Settings,
         db: Database,
         provider: Provider,
-        source_list: list[sources.Source],
+        source_list: list[Source],
+        options: WorkerOptions,
         progress: dict[str, Progress] | None = None,
     ) -> None:
-        self.settings = settings
         self.db = db
         self.provider = provider
         self.sources = source_list
+        self.options = options
         self.progress = progress or {}
-        self.wakeup = Wakeup(db, settings.poll_interval)
+        self.wakeup = Wakeup(db, options.poll_interval)
+        self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
         self._indexed: set[str] = set()
         self._failures = 0  # connection or provider failures in a row
@@ -57,17 +89,23 @@ class Worker:
         """Follow changes until stopped; with ``once``, until nothing is ready, then return."""
         if not once:
             self.wakeup.start()
+        self.leases.start()
         try:
             while not self.stopping:
                 try:
                     self._serve(once)
                     return
                 except (psycopg.OperationalError, ProviderError) as exc:
+                    self.leases.give_back()
                     self._failures += 1
-                    delay = backoff(self._failures, base=1.0, cap=60.0)
+                    delay = backoff(self._failures, base=RECONNECT_BASE, cap=RECONNECT_CAP)
                     log.warning("%s; retrying in %.1fs", str(exc).strip() or type(exc).__name__, delay)
                     self._stop.wait(delay)
+                except BaseException:
+                    self.leases.give_back()
+                    raise
         finally:
+            self.leases.close()
             self.wakeup.close()
             for bar in self.progress.values():
                 bar.close()
@@ -78,6 +116,7 @@ class Worker:
             self.db.connect() as write_conn,
             ThreadPoolExecutor(1, thread_name_prefix="syncer-write") as writer,
         ):
+            self.leases.give_back()  # batches left in hand when the last connection broke
             while not self.stopping:
                 self.wakeup.event.clear()
                 self.drain(claim_conn, write_conn, writer)
@@ -97,10 +136,10 @@ class Worker:
                     batch = self._claim(claim_conn, source)
                     if batch is None:
                         continue
-                    claimed += len(batch.changes)
-                    vectors, errors = self._embed(claim_conn, batch)
-                    previous, pending = pending, None
-                    settled += self._result(previous, claim_conn, batch)
+                    claimed += len(batch)
+                    vectors, errors = self._embed(batch)
+                    if pending is not None:
+                        settled, pending = settled + pending.result(), None
                     pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
@@ -110,30 +149,20 @@ class Worker:
         self._ensure_indexes(claim_conn)
         return settled
 
-    def _result(self, pending: Future[int] | None, conn: psycopg.Connection, in_hand: queue.Batch) -> int:
-        """The previous batch's settle; if it failed, give back the batch in hand before raising."""
-        try:
-            return pending.result() if pending is not None else 0
-        except BaseException:
-            with contextlib.suppress(psycopg.Error), conn.transaction():
-                queue.release(conn, in_hand)
-            raise
-
-    def _claim(self, conn: psycopg.Connection, source: sources.Source) -> queue.Batch | None:
+    def _claim(self, conn: psycopg.Connection, source: Source) -> queue.Batch | None:
         if self.stopping:
             return None
-        batch = queue.claim(conn, source, self.settings.batch_size, self.settings.lease_seconds)
-        return batch if batch.changes else None
+        o = self.options
+        batch = queue.claim(conn, source, self.provider.model_id, o.batch_size, o.batch_bytes, o.lease_seconds)
+        if not len(batch):
+            return None
+        self.leases.hold(batch)
+        return batch
 
-    def _embed(self, conn: psycopg.Connection, batch: queue.Batch) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-        todo, _, _ = batch.plan(self.provider.model_id)
+    def _embed(self, batch: queue.Batch) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        todo = batch.embed
         texts = [c.text for c in todo if c.text is not None]
-        try:
-            result = embedding.embed(self.provider, texts, [c.key for c in todo], self.settings.on_too_long)
-        except (ProviderError, ProviderFatal):
-            with conn.transaction():
-                queue.release(conn, batch)  # not the rows' fault: give them back uncharged
-            raise
+        result = embedding.embed(self.provider, texts, [c.key for c in todo], self.options.on_too_long)
         vectors = {todo[i].seq: v for i, v in result.vectors.items()}
         errors = {todo[i].seq: e for i, e in result.errors.items()}
         return vectors, errors
@@ -141,30 +170,28 @@ class Worker:
     def _settle(
         self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict[int, np.ndarray], errors: dict[int, str]
     ) -> int:
-        backoff_range = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-        try:
-            outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, backoff_range)
-        except queue.StoreChanged:
-            with conn.transaction():
-                queue.release(conn, batch)  # for the workers that run the store's model
-            raise
+        outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, self.options.failures)
+        self.leases.done(batch)
         self.embedded += outcome.stored
         log.debug("%s: %s", batch.source.name, outcome)
         bar = self.progress.get(batch.source.name)
         if bar is not None:
-            bar.advance(len(outcome.done))
-        return len(outcome.done)
+            bar.advance(outcome.settled)
+        return outcome.settled
 
     def _ensure_indexes(self, conn: psycopg.Connection) -> None:
-        """Build indexes deferred during a large backfill, once that source's queue has drained."""
+        """Build indexes deferred during a large backfill, once no key of that source is ready or in hand."""
         for source in self.sources:
-            if source.name not in self._indexed:
-                with conn.transaction():
-                    sources.ensure_index(conn, source)
-                self._indexed.add(source.name)
+            if source.name in self._indexed:
+                continue
+            with conn.transaction():
+                if queue.busy(conn, source):
+                    continue
+                tables.ensure_index(conn, source)
+            self._indexed.add(source.name)
 
 
-def backlog_progress(db: Database, source_list: list[sources.Source]) -> dict[str, Progress]:
+def backlog_progress(db: Database, source_list: list[Source]) -> dict[str, Progress]:
     """A progress display for each source that starts with work queued (its backfill, or a backlog)."""
     bars = {}
     with db.connect() as conn:

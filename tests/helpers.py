@@ -16,7 +16,7 @@ from syncer import schema
 from syncer.database import Database
 from syncer.providers import Provider
 from syncer.settings import Settings, SourceConfig
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def sync_once(settings: Settings, provider: Provider) -> Worker:
     """`syncer run --once` in process: apply, then drain the queue."""
     db = Database.from_settings(settings)
     applied = schema.apply(db, settings, provider)
-    worker = Worker(settings, db, provider, [s for s, _ in applied])
+    worker = Worker(db, provider, [s for s, _ in applied], WorkerOptions.from_settings(settings))
     worker.run(once=True)
     return worker
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from syncer.settings import Settings
+from syncer.providers import ProviderOptions
 
 DIMENSIONS = 16
 
@@ -30,7 +30,7 @@ class HashEmbedder:
     model_id = "test/hash-16"
     dimensions = DIMENSIONS
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, options: ProviderOptions | None = None) -> None:
         self.calls: list[list[str]] = []
         self.delay = float(os.environ.get("SYNCER_TEST_EMBED_DELAY", "0"))
 

@@ -32,7 +32,7 @@ def test_run_logs_backfill_progress_then_status_and_search(conn: psycopg.Connect
     assert "syncing docs: 5/5 rows" in output and "rows/s, eta" in output
 
     status = run_cli(db_url, "status").splitlines()
-    assert status[0].split()[:5] == ["source", "rows", "embedded", "queued", "failed"]
+    assert status[0].split()[:6] == ["source", "rows", "embedded", "queued", "failing", "dead"]
     assert status[-1].split()[:5] == ["docs", "5", "5", "0", "0"]
 
     text = "Gzip\n\nCompress and decompress files in the gzip format."

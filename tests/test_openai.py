@@ -11,13 +11,14 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from syncer import schema
 from syncer.database import Database
 from syncer.providers import ProviderFatal, load_provider
-from syncer.providers.openai_compatible import OpenAIProvider
+from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider
 from syncer.settings import Settings
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, stored, sync_once, syncer_env, syncer_process
 from openai_server import FakeOpenAI, encoding
@@ -148,7 +149,8 @@ def test_an_outage_backs_off_without_charging_rows(
     provider = load_provider(settings)
     server.fail_next(500, times=2)
     db = Database.from_settings(settings)
-    worker = Worker(settings, db, provider, [s for s, _ in schema.apply(db, settings, provider)])
+    applied = [s for s, _ in schema.apply(db, settings, provider)]
+    worker = Worker(db, provider, applied, WorkerOptions.from_settings(settings))
     with caplog.at_level(logging.WARNING):
         worker.run(once=True)  # the retry loop of `run` rides out the outage
     assert "gave up after 2 attempts" in caplog.text
@@ -213,7 +215,7 @@ def test_over_long_input_is_cut_with_a_warning_or_recorded(
     settings = openai_settings(db_url, server)
     with caplog.at_level(logging.WARNING):
         sync_once(settings, load_provider(settings))
-    assert "rows cut to fit text-embedding-3-small@64's 8191-token input: (3) 9000 tokens" in caplog.text
+    assert "rows cut to fit text-embedding-3-small@64's 8191-token input: 3 9000 tokens" in caplog.text
     assert max(len(encoding().encode(t)) for t in sent(server)) == 8191
     assert 3 in stored(conn)
 
@@ -225,26 +227,23 @@ def test_over_long_input_is_cut_with_a_warning_or_recorded(
 
 
 def test_dimensions_are_learned_from_the_endpoint_and_the_key_checked_at_start(server: FakeOpenAI) -> None:
-    settings = Settings(
-        provider="openai", model="nomic-embed-text", openai_base_url=server.base_url, openai_api_key="k"
-    )
-    provider = OpenAIProvider(settings)
+    options = OpenAIOptions(model="nomic-embed-text", base_url=server.base_url, api_key=SecretStr("k"))
+    provider = OpenAIProvider(options)
     assert provider.dimensions == 64  # the fake's size for models it does not know
     server.api_key = "right"
     with pytest.raises(ProviderFatal, match="HTTP 401"):
-        OpenAIProvider(settings)
+        OpenAIProvider(options)
 
 
 def test_query_and_document_prompts(server: FakeOpenAI) -> None:
-    settings = Settings(
-        provider="openai",
+    options = OpenAIOptions(
         model="e5-small",
-        openai_base_url=server.base_url,
-        openai_api_key="k",
+        base_url=server.base_url,
+        api_key=SecretStr("k"),
         query_prompt="query: ",
         document_prompt="passage: ",
     )
-    provider = OpenAIProvider(settings)
+    provider = OpenAIProvider(options)
     np.testing.assert_allclose(provider.embed_query("cats"), FakeOpenAI.vector("query: cats", 64), rtol=1e-6)
     np.testing.assert_allclose(provider.embed_documents(["cats"])[0], FakeOpenAI.vector("passage: cats", 64), rtol=1e-6)
 

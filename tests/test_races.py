@@ -66,13 +66,13 @@ def test_worker_that_lost_its_lease_writes_nothing(conn: psycopg.Connection, doc
     [(source, _)] = schema.apply(db, settings, provider)
 
     with db.connect() as zombie_conn:
-        zombie = queue.claim(zombie_conn, source, limit=10, lease_seconds=0.2)
-        assert len(zombie.changes) == 4
+        zombie = queue.claim(zombie_conn, source, provider.model_id, limit=10, max_bytes=10**6, lease_seconds=0.2)
+        assert len(zombie) == 4
         time.sleep(0.3)  # the lease expires while the zombie "embeds"
         sync_once(settings, provider)  # another worker takes the keys over
         good = stored(conn)
-        bogus = {c.seq: -hash_vector(c.text) for c in zombie.changes}
-        outcome = queue.settle(zombie_conn, zombie, provider.model_id, bogus, {}, (1.0, 1.0))
+        bogus = {c.seq: -hash_vector(c.text) for c in zombie.embed}
+        outcome = queue.settle(zombie_conn, zombie, provider.model_id, bogus, {}, queue.Failures(1.0, 1.0, 10))
 
     assert (outcome.stored, outcome.released) == (0, 0)
     after = stored(conn)

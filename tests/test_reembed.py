@@ -6,12 +6,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from syncer import queue, reembed, schema
+from syncer import reembed, schema
 from syncer.database import Database
-from syncer.providers import ProviderFatal
+from syncer.errors import ProviderFatal, StoreChanged
 from syncer.settings import Settings
 from syncer.sources import Source
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, sha256, stored, sync_once
 from providers import Hash32Embedder, HashEmbedder, OtherHashEmbedder, hash_vector
@@ -108,8 +108,8 @@ def test_a_worker_still_on_the_old_model_stops_instead_of_mixing(
     conn.execute("UPDATE docs SET body = 'after the switch' WHERE id IN (3, 4)")
 
     one_by_one = settings.model_copy(update={"batch_size": 1})  # a second batch is in hand when the first fails
-    old_worker = Worker(one_by_one, db, HashEmbedder(), [source])  # started before the switch
-    with pytest.raises(queue.StoreChanged, match="re-embedded"):
+    old_worker = Worker(db, HashEmbedder(), [source], WorkerOptions.from_settings(one_by_one))  # started before
+    with pytest.raises(StoreChanged, match="re-embedded"):
         old_worker.run(once=True)
     assert {v[2] for v in stored(conn).values()} == {new_model.model_id}
     assert conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE lease_token IS NOT NULL").fetchone() == (0,)

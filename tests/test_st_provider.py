@@ -13,10 +13,11 @@ import pytest
 
 from syncer.demo import corpus
 from syncer.embedding import embed
+from syncer.errors import ConfigError
 from syncer.providers import Fits, load_provider, onnx_runtime
 from syncer.providers.onnx_runtime import ensure_exported, execution_providers, source_fingerprint
 from syncer.providers.sentence_transformers import SentenceTransformerProvider, model_prompts, resolve_model
-from syncer.settings import ConfigError, Settings
+from syncer.settings import Settings
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FOLDER = "sentence-transformers--all-MiniLM-L6-v2"  # the cache directory of its exports

@@ -6,7 +6,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from syncer import report, search, sources
+from syncer import catalog, queue, report, search
 from syncer.database import Database
 
 from helpers import cosine, make_settings, queue_depth, sha256, stored, sync_once
@@ -122,10 +122,10 @@ def test_status_and_search_report(conn: psycopg.Connection, docs: str, db_url: s
     conn.execute("UPDATE docs SET body = 'changed' WHERE id = 1")
     db = Database.from_settings(settings)
     with db.connect() as c:
-        source = sources.resolve(c, settings.sources[0])
+        source = catalog.resolve(c, settings.sources[0])
         status = report.status(c, source)
         headers, rows = search.top(c, source, minilm.embed_query("compress files"), 1)
-    assert (status.rows, status.embedded, status.queued, status.failed) == (5, 5, 1, 0)
+    assert (status.rows, status.embedded, status.queued, status.failing, status.dead) == (5, 5, 1, 0, 0)
     assert status.oldest_seconds is not None and status.oldest_seconds >= 0
     assert headers == ["id", "title", "body", "lang", "similarity"]
     assert rows[0][1] == "Gzip"
@@ -144,7 +144,7 @@ def test_reconcile_finds_changes_that_bypassed_the_triggers(
 
     db = Database.from_settings(settings)
     with db.connect() as c:
-        assert sources.enqueue_stale(c, sources.resolve(c, settings.sources[0])) == 2
+        assert queue.enqueue_stale(c, catalog.resolve(c, settings.sources[0])) == 2
         c.commit()
     sync_once(settings, minilm)
     after = stored(conn)

@@ -14,7 +14,7 @@ import psycopg
 from syncer import schema
 from syncer.database import Database
 from syncer.settings import Settings
-from syncer.worker import Worker
+from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
 from providers import HashEmbedder
@@ -36,7 +36,7 @@ def running(settings: Settings) -> Iterator[Worker]:
     db = Database.from_settings(settings)
     provider = HashEmbedder(settings)
     applied = schema.apply(db, settings, provider)
-    worker = Worker(settings, db, provider, [s for s, _ in applied])
+    worker = Worker(db, provider, [s for s, _ in applied], WorkerOptions.from_settings(settings))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

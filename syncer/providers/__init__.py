@@ -1,21 +1,22 @@
-"""Embedding providers: one small interface, one module per kind, loaded by name or import path."""
+"""Embedding providers: one small interface, one module per kind, loaded by name or import path.
+
+A provider is constructed with its own options (``ProviderOptions`` or a subclass), never with
+syncer's whole settings: the options a user's class receives are a public, stable interface.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..settings import ConfigError, Settings
+from ..errors import ConfigError, ProviderError, ProviderFatal
+from ..settings import Settings
 
-
-class ProviderError(Exception):
-    """The provider failed for the whole batch (down, overloaded): no row is charged; retry later."""
-
-
-class ProviderFatal(Exception):
-    """The provider refuses all work until a person acts (bad key, no quota): stop, charge no row."""
+__all__ = ["Fits", "Provider", "ProviderError", "ProviderFatal", "ProviderOptions", "load_provider"]
 
 
 @runtime_checkable
@@ -24,6 +25,8 @@ class Provider(Protocol):
 
     ``embed_documents`` returns one row per text (float32, shape ``(len(texts), dimensions)``)
     and may raise for a batch; syncer then retries smaller parts to find the rows at fault.
+    Raising ``ProviderError`` means "failing, retry later, charge no row"; ``ProviderFatal``
+    stops the worker.
     """
 
     model_id: str
@@ -45,30 +48,55 @@ class Fits(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ProviderOptions:
+    """What every provider is built with (``SYNCER_*`` settings of the same names). Fields are only ever added."""
+
+    model: str | None = None
+    dimensions: int | None = None
+    device: str | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    batch_size: int = 16  # texts per forward pass of a local model
+    cache_dir: Path = Path(".syncer/models")  # where models exported or downloaded for syncer are kept
+
+
+def base_options(settings: Settings) -> ProviderOptions:
+    return ProviderOptions(
+        model=settings.model,
+        dimensions=settings.dimensions,
+        device=settings.device,
+        query_prompt=settings.query_prompt,
+        document_prompt=settings.document_prompt,
+        batch_size=settings.encode_batch_size,
+        cache_dir=settings.data_dir / "models",
+    )
+
+
 def load_provider(settings: Settings) -> Provider:
     """The provider SYNCER_PROVIDER names: a built-in one, or ``package.module:ClassName``."""
     if settings.provider == "sentence-transformers":
-        from .sentence_transformers import SentenceTransformerProvider
+        from .sentence_transformers import SentenceTransformerProvider, local_options
 
-        return SentenceTransformerProvider(settings)
+        return SentenceTransformerProvider(local_options(settings))
     if settings.provider == "openai":
-        from .openai_compatible import OpenAIProvider
+        from .openai_compatible import OpenAIProvider, openai_options
 
-        return OpenAIProvider(settings)
+        return OpenAIProvider(openai_options(settings))
     if ":" in settings.provider:
-        return _custom(settings)
+        return _custom(settings.provider, base_options(settings))
     raise ConfigError(
         f"unknown provider {settings.provider!r}: use 'sentence-transformers', 'openai' or 'package.module:ClassName'"
     )
 
 
-def _custom(settings: Settings) -> Provider:
-    module_name, _, class_name = settings.provider.partition(":")
+def _custom(name: str, options: ProviderOptions) -> Provider:
+    module_name, _, class_name = name.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"provider {settings.provider!r} cannot be loaded: {exc}") from exc
-    provider = cls(settings)
+        raise ConfigError(f"provider {name!r} cannot be loaded: {exc}") from exc
+    provider = cls(options)
     if not isinstance(provider, Provider):
-        raise ConfigError(f"provider {settings.provider!r} lacks model_id, dimensions, embed_documents or embed_query")
+        raise ConfigError(f"provider {name!r} lacks model_id, dimensions, embed_documents or embed_query")
     return provider

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..settings import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

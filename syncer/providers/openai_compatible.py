@@ -12,9 +12,11 @@ import email.utils
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import SecretStr
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -24,8 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..settings import ConfigError, Settings
-from . import ProviderError, ProviderFatal
+from ..errors import ConfigError, ProviderError, ProviderFatal
+from ..settings import Settings
+from . import ProviderOptions, base_options
 from .limits import RateLimiter, plan_requests
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,34 @@ MAX_RETRY_AFTER = 120.0  # seconds: a longer wait is the API telling us to stop,
 PROBE = "syncer dimension probe"
 
 
+@dataclass(frozen=True)
+class OpenAIOptions(ProviderOptions):
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    request_inputs: int = 2048
+    request_tokens: int = 300_000
+    concurrency: int = 4
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    request_timeout: float = 60.0
+    max_retries: int = 6
+
+
+def openai_options(settings: Settings) -> OpenAIOptions:
+    return OpenAIOptions(
+        **vars(base_options(settings)),
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        request_inputs=settings.request_inputs,
+        request_tokens=settings.request_tokens,
+        concurrency=settings.concurrency,
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        request_timeout=settings.request_timeout,
+        max_retries=settings.max_retries,
+    )
+
+
 class InputRejected(ValueError):
     """The API refused these inputs (HTTP 400/422): one of them is at fault, not the provider."""
 
@@ -44,28 +75,28 @@ class InputRejected(ValueError):
 class OpenAIProvider:
     """Embeds through ``client.embeddings.create``: budgeted requests, several in flight, rate-limited."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, options: OpenAIOptions) -> None:
         try:
             import openai
             import tiktoken
         except ImportError:
             raise ConfigError("provider 'openai' is not installed: pip install 'syncer[openai]'") from None
         self.errors = openai
-        self.model = settings.model or DEFAULT_MODEL
-        self.requested_dimensions = settings.dimensions
+        self.model = options.model or DEFAULT_MODEL
+        self.requested_dimensions = options.dimensions
         self.client = openai.OpenAI(
-            api_key=_api_key(settings),
-            base_url=settings.openai_base_url,
-            timeout=settings.request_timeout,
+            api_key=_api_key(options),
+            base_url=options.base_url,
+            timeout=options.request_timeout,
             max_retries=0,  # retries are ours: classified once, with backoff that honours Retry-After
         )
         self.encoding = _encoding(tiktoken, self.model)
         self.max_input_tokens = MAX_INPUT_TOKENS
-        self.settings = settings
-        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
-        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="syncer-openai")
-        self.dimensions = settings.dimensions or KNOWN_DIMENSIONS.get(self.model) or len(self._probe())
-        self.model_id = self.model + (f"@{settings.dimensions}" if settings.dimensions else "")
+        self.options = options
+        self.limiter = RateLimiter(options.requests_per_minute, options.tokens_per_minute)
+        self.pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="syncer-openai")
+        self.dimensions = options.dimensions or KNOWN_DIMENSIONS.get(self.model) or len(self._probe())
+        self.model_id = self.model + (f"@{options.dimensions}" if options.dimensions else "")
 
     def fit(self, text: str) -> tuple[str, int]:
         tokens = self.encoding.encode(self._document(text), disallowed_special=())
@@ -78,9 +109,7 @@ class OpenAIProvider:
             raise InputRejected("empty input: the embeddings API refuses empty strings")
         inputs = [self._document(t) for t in texts]
         counts = [len(self.encoding.encode(t, disallowed_special=())) for t in inputs]
-        plan = plan_requests(
-            counts, self.settings.request_inputs, self.settings.request_tokens, self.settings.concurrency
-        )
+        plan = plan_requests(counts, self.options.request_inputs, self.options.request_tokens, self.options.concurrency)
         futures = [
             self.pool.submit(self._request, [inputs[i] for i in part], sum(counts[i] for i in part)) for part in plan
         ]
@@ -90,14 +119,14 @@ class OpenAIProvider:
         return vectors
 
     def embed_query(self, text: str) -> np.ndarray:
-        query = (self.settings.query_prompt or "") + text
+        query = (self.options.query_prompt or "") + text
         return self._request([query], len(self.encoding.encode(query, disallowed_special=())))[0]
 
     def _document(self, text: str) -> str:
-        return (self.settings.document_prompt or "") + text
+        return (self.options.document_prompt or "") + text
 
     def _prompt_tokens(self) -> int:
-        return len(self.encoding.encode(self.settings.document_prompt or "", disallowed_special=()))
+        return len(self.encoding.encode(self.options.document_prompt or "", disallowed_special=()))
 
     def _probe(self) -> np.ndarray:
         """Ask the endpoint once at start: learns the dimensions, and checks the key and model early."""
@@ -107,7 +136,7 @@ class OpenAIProvider:
         """One embeddings request, retried on transient failures; vectors in input order."""
         retrying = Retrying(
             retry=retry_if_exception_type(Transient),
-            stop=stop_after_attempt(self.settings.max_retries + 1),
+            stop=stop_after_attempt(self.options.max_retries + 1),
             wait=_wait,
             before_sleep=_log_retry,
         )
@@ -178,10 +207,10 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def _api_key(settings: Settings) -> str:
-    if settings.openai_api_key is not None:
-        return settings.openai_api_key.get_secret_value()
-    if settings.openai_base_url:
+def _api_key(options: OpenAIOptions) -> str:
+    if options.api_key is not None:
+        return options.api_key.get_secret_value()
+    if options.base_url:
         return "unused"  # local OpenAI-compatible servers usually want no key, but the client wants one
     raise ConfigError("provider 'openai' needs an API key: set OPENAI_API_KEY or SYNCER_OPENAI_API_KEY")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from ..settings import ConfigError, Settings
+from ..errors import ConfigError
+from ..settings import Settings
+from . import ProviderOptions, base_options
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,15 @@ def _in_hf_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "modules.json"), str)
 
 
+@dataclass(frozen=True)
+class LocalOptions(ProviderOptions):
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+
+
+def local_options(settings: Settings) -> LocalOptions:
+    return LocalOptions(**vars(base_options(settings)), backend=settings.st_backend)
+
+
 class Engine(Protocol):
     """A loaded model, whichever way it runs."""
 
@@ -57,19 +69,19 @@ class Engine(Protocol):
 class SentenceTransformerProvider:
     """Embeds with a local model: normalized vectors, length-sorted small batches, query/document prompts."""
 
-    def __init__(self, settings: Settings) -> None:
-        name = settings.model or DEFAULT_MODEL
-        self.engine = _load(settings, name, resolve_model(name))
+    def __init__(self, options: LocalOptions) -> None:
+        name = options.model or DEFAULT_MODEL
+        self.engine = _load(options, name, resolve_model(name))
         self.model: Any = getattr(self.engine, "model", None)  # the SentenceTransformer on the torch backend
-        self.batch_size = settings.encode_batch_size
+        self.batch_size = options.batch_size
         self.device, self.dimensions = self.engine.device, self.engine.dimensions
         self.max_input_tokens = self.engine.max_tokens
-        self.query_prompt = _pick(settings.query_prompt, self.engine.prompts["query"])
-        self.document_prompt = _pick(settings.document_prompt, self.engine.prompts["document"])
+        self.query_prompt = _pick(options.query_prompt, self.engine.prompts["query"])
+        self.document_prompt = _pick(options.document_prompt, self.engine.prompts["document"])
         # int8 vectors differ a little from fp32 ones: a distinct id keeps them out of an fp32 store.
-        suffix = "+int8" if settings.st_backend == "onnx-int8" else ""
+        suffix = "+int8" if options.backend == "onnx-int8" else ""
         self.model_id = (PACKAGED_ID if name in PACKAGED else name) + suffix
-        log.info("model %s runs on %s (%s)", self.model_id, self.device, settings.st_backend)
+        log.info("model %s runs on %s (%s)", self.model_id, self.device, options.backend)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -90,16 +102,16 @@ def _pick(configured: str | None, model_default: str) -> str:
     return model_default if configured is None else configured
 
 
-def _load(settings: Settings, name: str, path: str) -> Engine:
-    if settings.st_backend == "torch":
-        return TorchModel(name, path, settings.device)
+def _load(options: LocalOptions, name: str, path: str) -> Engine:
+    if options.backend == "torch":
+        return TorchModel(name, path, options.device)
     from .onnx_runtime import INT8_FILE, MODEL_FILE, OnnxModel, ensure_exported, require
 
     require("onnxruntime", "tokenizers", extra="onnx")
-    directory = settings.data_dir / "models" / safe_name(name)
-    int8 = settings.st_backend == "onnx-int8"
+    directory = options.cache_dir / safe_name(name)
+    int8 = options.backend == "onnx-int8"
     ensure_exported(directory, path, int8, lambda: TorchModel(name, path, "cpu", for_export=True))
-    return OnnxModel(directory, INT8_FILE if int8 else MODEL_FILE, settings.device)
+    return OnnxModel(directory, INT8_FILE if int8 else MODEL_FILE, options.device)
 
 
 def safe_name(name: str) -> str:

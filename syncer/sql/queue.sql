@@ -20,25 +20,42 @@ WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_e})
 ON CONFLICT DO NOTHING
 
 -- name: claim
--- Lease up to %(limit)s ready keys and read each one's current text and stored hash.
+-- Lease ready keys, oldest change first, up to %(limit)s rows and %(bytes)s bytes of text (at least one row);
+-- read each one's current text and what is stored for it.
 WITH picked AS (
-    SELECT {keys} FROM {queue}
-    WHERE not_before <= now() AND (lease_until IS NULL OR lease_until < now())
+    SELECT seq, {keys} FROM {queue}
+    WHERE dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
     ORDER BY seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), sized AS (
+    SELECT p.*, d.text,
+           row_number() OVER w AS n, sum(coalesce(octet_length(d.text), 0)) OVER w AS running
+    FROM picked p
+    LEFT JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_p}) d ON true
+    WINDOW w AS (ORDER BY p.seq)
+), kept AS (
+    SELECT * FROM sized WHERE n = 1 OR running <= %(bytes)s
 ), claimed AS (
     UPDATE {queue} q
     SET lease_token = %(token)s, lease_until = now() + make_interval(secs => %(lease)s)
-    FROM picked p
-    WHERE {q_is_p}
-    RETURNING q.seq, {q_keys}
+    FROM kept k
+    WHERE q.seq = k.seq
+    RETURNING q.seq
 )
-SELECT c.seq, ROW({c_keys})::text AS key, d.text, sha256(convert_to(d.text, 'UTF8')) AS hash,
-       e.content_hash, e.model
+SELECT k.seq, {k_key_text}, k.text, sha256(convert_to(k.text, 'UTF8')), e.content_hash, e.model
 FROM claimed c
-LEFT JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_c}) d ON true
-LEFT JOIN {store} e ON {e_is_c}
+JOIN kept k ON k.seq = c.seq
+LEFT JOIN {store} e ON {e_is_k}
+ORDER BY k.seq
+
+-- name: renew
+-- Extend the lease of keys still ours while their batch is in hand (rows an application holds are skipped:
+-- its commit requeues them anyway).
+UPDATE {queue} q SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM (SELECT seq FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
+WHERE q.seq = o.seq
+RETURNING q.seq
 
 -- name: store
 -- Upsert vectors still ours (lease held, seq unchanged) whose row still has the embedded text; ack them.
@@ -85,15 +102,18 @@ WHERE q.seq = o.seq
 RETURNING q.seq
 
 -- name: fail
--- Record a row's error and back it off (exponential, with jitter); the others flow on.
+-- Record rows' errors and back them off (exponential, with jitter); after %(max_attempts)s attempts a row is dead.
 UPDATE {queue} q
 SET attempts = q.attempts + 1, last_error = f.error,
-    not_before = now() + make_interval(secs => least(%(max)s, %(base)s * 2 ^ q.attempts) * (0.5 + random() / 2)),
+    first_failed_at = coalesce(q.first_failed_at, now()), last_failed_at = now(),
+    dead_at = CASE WHEN q.attempts + 1 >= %(max_attempts)s THEN now() END,
+    not_before = CASE WHEN q.attempts + 1 >= %(max_attempts)s THEN 'infinity'::timestamptz
+        ELSE now() + make_interval(secs => least(%(max)s, %(base)s * 2 ^ q.attempts) * (0.5 + random() / 2)) END,
     lease_token = NULL, lease_until = NULL
 FROM unnest(%(seqs)s::bigint[], %(errors)s::text[]) AS f(seq, error),
      (SELECT seq FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
 WHERE q.seq = f.seq AND o.seq = f.seq
-RETURNING q.seq
+RETURNING q.seq, q.dead_at IS NOT NULL
 
 -- name: release
 -- Give back whatever of the batch is still ours (changed meanwhile, or the worker is stopping).
@@ -101,3 +121,32 @@ UPDATE {queue} q SET lease_token = NULL, lease_until = NULL
 FROM (SELECT seq FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
 WHERE q.seq = o.seq
 RETURNING q.seq
+
+-- name: taken
+-- How many of these keys, unchanged since the claim, are no longer ours: their lease ran out and was taken.
+SELECT count(*) FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token IS DISTINCT FROM %(token)s
+
+-- name: busy
+-- Whether any key is ready or leased: an index built now would slow the inserts still to come.
+SELECT EXISTS (
+    SELECT FROM {queue}
+    WHERE dead_at IS NULL AND (not_before <= now() OR lease_until > now()))
+
+-- name: failures
+-- Failing and dead rows, dead first, then the most recent failures.
+SELECT {q_key_text}, q.attempts,
+       CASE WHEN q.dead_at IS NOT NULL THEN 'dead' WHEN q.lease_until > now() THEN 'leased'
+            WHEN q.not_before > now() THEN 'backoff' ELSE 'ready' END,
+       q.first_failed_at, q.last_failed_at, q.last_error
+FROM {queue} q
+WHERE q.attempts > 0
+ORDER BY q.dead_at IS NULL, q.last_failed_at DESC
+LIMIT %(limit)s
+
+-- name: retry
+-- Put failing or dead rows back in line with their attempts reset (all of them, or the keys given).
+UPDATE {queue} q
+SET attempts = 0, last_error = NULL, first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
+    not_before = now(), queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END
+WHERE q.attempts > 0 AND (%(all)s OR {q_key_text} = ANY(%(keys)s))
+RETURNING {q_key_text}

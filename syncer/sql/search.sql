@@ -16,3 +16,7 @@ COMMENT ON FUNCTION {search_fn}(vector, integer, jsonb) IS
 -- name: top
 -- Top rows by cosine similarity through the source's search function.
 SELECT * FROM {search_fn}(%(embedding)s, %(k)s, %(filter)s)
+
+-- name: drop
+-- Remove the source's search function.
+DROP FUNCTION IF EXISTS {search_fn}(vector, integer, jsonb)

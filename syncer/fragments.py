@@ -1,0 +1,84 @@
+"""SQL fragments of a source, shared by the per-source statements: key lists, key joins, the row's text.
+
+Every identifier goes through ``psycopg.sql.Identifier``; literals through ``sql.Literal``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from psycopg import sql
+
+from .settings import template_pieces
+from .sources import Source
+
+# Every character Python's str.isspace() calls whitespace (a test keeps the two in step). SQL trims
+# exactly these, so a text SQL finds non-empty is one Python and the providers find non-empty too.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+PARAGRAPH = "\n\n"
+ALIASES = "tqecpk"  # source row, queue row, stored vector, current row, picked row, kept row
+JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g")
+
+
+def column(alias: str | None, name: str) -> sql.Identifier:
+    return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+
+def key_list(source: Source, alias: str | None = None) -> sql.Composed:
+    """``k1, k2`` or ``alias.k1, alias.k2``."""
+    return sql.SQL(", ").join(column(alias, k) for k in source.keys)
+
+
+def keys_equal(source: Source, left: str, right: str) -> sql.Composed:
+    """``left.k1 = right.k1 AND ...``: joins that use the key indexes."""
+    return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(column(left, k), column(right, k)) for k in source.keys)
+
+
+def key_text(source: Source, alias: str) -> sql.Composable:
+    """A key as people type it: ``42`` for one column, ``(42,en)`` for several."""
+    if len(source.keys) == 1:
+        return sql.SQL("{}::text").format(column(alias, source.keys[0]))
+    return sql.SQL("ROW({})::text").format(key_list(source, alias))
+
+
+def _trimmed(alias: str, name: str) -> sql.Composable:
+    """A field's text, NULL when it has nothing but whitespace."""
+    return sql.SQL("nullif(btrim({}::text, {}), '')").format(column(alias, name), sql.Literal(WHITESPACE))
+
+
+def text(source: Source, alias: str = "t") -> sql.Composable:
+    """SQL for the text to embed from row ``alias``: NULL when there is nothing to embed."""
+    template = source.config.template
+    if template is None:
+        joined = sql.SQL("concat_ws({}, {})").format(
+            sql.Literal(PARAGRAPH), sql.SQL(", ").join(_trimmed(alias, c) for c in source.config.columns)
+        )
+        return sql.SQL("nullif({}, '')").format(joined)
+    pieces: list[sql.Composable] = []
+    for literal, field in template_pieces(template):
+        if literal:
+            pieces.append(sql.Literal(literal))
+        if field:
+            pieces.append(sql.SQL("{}::text").format(column(alias, field)))
+    any_field = sql.SQL(", ").join(_trimmed(alias, f) for f in source.config.text_columns)
+    return sql.SQL("CASE WHEN num_nonnulls({}) = 0 THEN NULL ELSE nullif(btrim(concat({}), {}), '') END").format(
+        any_field, sql.SQL(", ").join(pieces), sql.Literal(WHITESPACE)
+    )
+
+
+@cache
+def _parts(source: Source) -> dict[str, sql.Composable]:
+    return (
+        {"table": source.table, "store": source.store, "queue": source.queue, "keys": key_list(source)}
+        | {"text": text(source), "k_key_text": key_text(source, "k"), "q_key_text": key_text(source, "q")}
+        | {f"{a}_keys": key_list(source, a) for a in ALIASES}
+        | {j: keys_equal(source, j[0], j[-1]) for j in JOINS}
+    )
+
+
+def parts(source: Source) -> dict[str, sql.Composable]:
+    """Placeholders shared by the per-source SQL blocks (tables, key lists, key joins, text)."""
+    return dict(_parts(source))

@@ -1,0 +1,57 @@
+"""A source's own tables: its queue and its store (with the HNSW index), created when missing."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+
+from . import catalog, fragments
+from .queries import query
+from .sources import SYNCER_SCHEMA, Source
+
+log = logging.getLogger(__name__)
+
+MODEL_CONSTRAINT = "syncer_one_model"  # the store's CHECK that only its model's vectors go in
+DEAD_LETTER_COLUMN = "dead_at"  # present once a queue has the dead-letter columns
+
+
+def create_queue(conn: psycopg.Connection, source: Source) -> None:
+    """The source's queue, created or brought up to date (an older queue gains the newer columns)."""
+    oid = catalog.relation(conn, SYNCER_SCHEMA, source.queue_name)
+    if oid is None:
+        conn.execute(query("tables", "create_queue", **fragments.parts(source)))
+    elif DEAD_LETTER_COLUMN in (conn.execute(query("tables", "queue_columns"), {"oid": oid}).fetchone() or [[]])[0]:
+        return
+    conn.execute(query("tables", "queue_dead_letters", queue=source.queue))
+
+
+def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
+    """An empty store for ``dimensions``-long vectors that only ``model_id`` may write."""
+    conn.execute(
+        query(
+            "tables",
+            "create_store",
+            **fragments.parts(source),
+            dimensions=sql.Literal(dimensions),
+            model=sql.Literal(model_id),
+            model_constraint=sql.Identifier(MODEL_CONSTRAINT),
+        )
+    )
+
+
+def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
+    """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
+    if catalog.exists(conn, source.store_schema, source.index_name):
+        return False
+    row = conn.execute(query("tables", "try_lock"), {"key": source.index_name}).fetchone()
+    if not (row and row[0]) or catalog.exists(conn, source.store_schema, source.index_name):
+        return False
+    log.info("building hnsw index %s on %s", source.index_name, source.qualified_store)
+    conn.execute(query("tables", "create_index", store=source.store, index=sql.Identifier(source.index_name)))
+    return True
+
+
+def drop(conn: psycopg.Connection, source: Source) -> None:
+    conn.execute(query("tables", "drop", queue=source.queue, store=source.store))
