@@ -28,7 +28,7 @@ class Column:
     type_schema: str  # of the type beneath any domains
     type_name: str
     type_kind: str  # pg_type.typtype: b base, d domain, e enum, c composite, ...
-    category: str  # pg_type.typcategory: A array, S string, N numeric, U user, ...
+    category: str  # pg_type.typcategory: A array, S string, N numeric, D date/time, U json, bytea, uuid, ...
     citext: bool
 
     @property
@@ -37,7 +37,8 @@ class Column:
 
     @property
     def built_in_scalar(self) -> bool:
-        return self.type_schema == "pg_catalog" and self.type_kind == "b" and self.category != "A"
+        """Numbers, dates, booleans and the like: built-in types whose text is meant to be read."""
+        return self.type_schema == "pg_catalog" and self.type_kind == "b" and self.category not in ("A", "U")
 
 
 def check_database(conn: psycopg.Connection) -> None:
@@ -102,7 +103,7 @@ def _type_advice(config: SourceConfig, column: Column, table: str) -> str:
     )
     if column.type_schema != "pg_catalog" and not column.citext:
         return f"its conversion to text would run code of the type's owner as syncer; {generated}"
-    if column.category == "A" or column.type_name in ("json", "jsonb"):
+    if column.category in ("A", "U"):
         return f"only text-like values are embedded; {generated}"
     if config.template is None:
         return (

@@ -199,6 +199,12 @@ def busy(conn: psycopg.Connection, source: Source) -> bool:
     return bool(row and row[0])
 
 
+def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
+    """Keys waiting or in hand, counted up to ``cap``."""
+    row = conn.execute(query("queue", "pending", **fragments.parts(source)), {"cap": cap}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def enqueue_missing(conn: psycopg.Connection, source: Source) -> int:
     """Queue every row with text but no vector (the backfill); returns how many were queued."""
     with transaction(conn):

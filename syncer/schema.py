@@ -123,8 +123,8 @@ def apply_source(
     if not registration.backfilled or new_partitions:
         queued += queue.enqueue_missing(conn, source)
         registry.mark_backfilled(conn, source)
-    if queued <= settings.index_after_rows:
-        tables.ensure_index(conn, source)  # else built once the backfill has drained: 6x faster
+    if queue.pending(conn, source, settings.index_after_rows + 1) <= settings.index_after_rows:
+        tables.ensure_index(conn, source)  # else built by the workers once the backlog has drained: 6x faster
     return queued
 
 

@@ -6,11 +6,16 @@ import hashlib
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from syncer import schema
 from syncer.database import Database
@@ -83,3 +88,26 @@ def syncer_process(args: list[str], env: dict[str, str], **kwargs: Any) -> subpr
         text=True,
         **kwargs,
     )
+
+
+ROLE_PASSWORD = "syncer-test"
+
+
+@contextmanager
+def login_role(conn: psycopg.Connection, *grants: str, options: str = "") -> Iterator[str]:
+    """A throwaway login role, granted ``grants`` (SQL with ``{role}``); dropped afterwards."""
+    name = f"role_{uuid.uuid4().hex[:10]}"
+    role = sql.Identifier(name)
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} " + options).format(role, sql.Literal(ROLE_PASSWORD)))
+    try:
+        for grant in grants:
+            conn.execute(sql.SQL(grant).format(role=role))
+        yield name
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` logging in as ``role``."""
+    return make_conninfo(**(conninfo_to_dict(url) | {"user": role, "password": ROLE_PASSWORD}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -70,3 +71,45 @@ class OtherHashEmbedder(HashEmbedder):
     """Another model with the same dimensions as HashEmbedder."""
 
     model_id = "test/other-16"
+
+
+class BadVectorEmbedder(HashEmbedder):
+    """Answers NaN for texts containing NAN, infinity for INF, and all zeros for ZERO; the rest as HashEmbedder."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        vectors = super().embed_documents(texts)
+        for i, text in enumerate(texts):
+            for marker, value in (("NAN", np.nan), ("INF", np.inf), ("ZERO", 0.0)):
+                if marker in text:
+                    vectors[i] = value
+        return vectors
+
+
+class WrongSizeEmbedder(HashEmbedder):
+    """Declares 16 dimensions and makes 17 (a server swapped to another model, say)."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.ones((len(texts), self.dimensions + 1), np.float32)
+
+
+class ShortAnswerEmbedder(HashEmbedder):
+    """Answers one vector too few: a malformed answer for the whole batch."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return super().embed_documents(texts)[1:]
+
+
+class HookedEmbedder(HashEmbedder):
+    """Runs ``hook`` once, in the middle of the first embedding call (after the texts were read)."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        super().__init__()
+        self.hook: Callable[[], None] | None = hook
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        vectors = super().embed_documents(texts)
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return vectors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import psycopg
@@ -12,22 +11,7 @@ from syncer import queue, schema
 from syncer.database import Database
 
 from helpers import make_settings, queue_depth, sha256, stored, sync_once
-from providers import HashEmbedder, PoisonEmbedder, hash_vector
-
-
-class HookedEmbedder(HashEmbedder):
-    """Runs ``hook`` once, in the middle of the first embedding call (after the texts were read)."""
-
-    def __init__(self, hook: Callable[[], None]) -> None:
-        super().__init__()
-        self.hook: Callable[[], None] | None = hook
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        vectors = super().embed_documents(texts)
-        if self.hook is not None:
-            hook, self.hook = self.hook, None
-            hook()
-        return vectors
+from providers import HashEmbedder, HookedEmbedder, PoisonEmbedder, hash_vector
 
 
 def test_edit_committed_while_old_text_is_embedded(conn: psycopg.Connection, docs: str, db_url: str) -> None:

@@ -150,3 +150,7 @@ SET attempts = 0, last_error = NULL, first_failed_at = NULL, last_failed_at = NU
     not_before = now(), queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END
 WHERE q.attempts > 0 AND (%(all)s OR {q_key_text} = ANY(%(keys)s))
 RETURNING {q_key_text}
+
+-- name: pending
+-- Keys waiting or in hand, counted up to %(cap)s (dead ones wait for no one).
+SELECT count(*) FROM (SELECT FROM {queue} WHERE dead_at IS NULL LIMIT %(cap)s) p

@@ -1,0 +1,141 @@
+"""Leases never strand work or pay twice: renewed while in hand, given back at once, bounded by bytes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+
+from syncer import queue, schema
+from syncer.database import Database
+from syncer.settings import Settings
+from syncer.worker import Worker, WorkerOptions
+
+from helpers import make_settings, queue_depth, sha256, stored, sync_once
+from providers import HashEmbedder, hash_vector
+
+DOCS = {"table": "docs", "columns": ["body"]}
+FAILURES = queue.Failures(1.0, 1.0, 10)
+
+
+def fill(conn: psycopg.Connection, rows: int, body: str = "'document number ' || i") -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(f"INSERT INTO docs SELECT i, {body} FROM generate_series(1, %s) i", [rows])
+
+
+def all_embedded(conn: psycopg.Connection, rows: int) -> bool:
+    texts = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    vectors = stored(conn)
+    return len(vectors) == rows and all(vectors[k][1] == sha256(t) for k, t in texts.items())
+
+
+def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.05)
+
+
+@contextmanager
+def workers(settings: Settings, provider: HashEmbedder, count: int = 1) -> Iterator[list[Worker]]:
+    db = Database.from_settings(settings)
+    applied = [s for s, _ in schema.apply(db, settings, provider)]
+    started = [Worker(db, provider, applied, WorkerOptions.from_settings(settings)) for _ in range(count)]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in started]
+    for thread in threads:
+        thread.start()
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+        for thread in threads:
+            thread.join(15)
+            assert not thread.is_alive()
+
+
+def test_a_slow_provider_with_a_short_lease_converges_and_pays_once(conn: psycopg.Connection, db_url: str) -> None:
+    """1.5 s per batch against a 0.6 s lease: renewed in hand, never taken over by the second worker."""
+    fill(conn, 20)
+    settings = make_settings(db_url, DOCS, batch_size=5, lease_seconds=0.6, poll_interval=0.2)
+    provider = HashEmbedder()
+    provider.delay = 1.5
+    with workers(settings, provider, count=2):
+        wait_for(lambda: all_embedded(conn, 20), timeout=30)
+    assert sorted(provider.embedded) == sorted(f"document number {i}" for i in range(1, 21))  # each row once
+
+
+def test_batches_in_hand_are_given_back_when_the_connections_die(conn: psycopg.Connection, db_url: str) -> None:
+    """A killed connection (as in a database restart) costs seconds, not the 300 s lease."""
+    fill(conn, 30)
+    settings = make_settings(
+        db_url, DOCS, batch_size=10, lease_seconds=300, poll_interval=0.5, application_name="syncer-dies"
+    )
+    provider = HashEmbedder()
+    provider.delay = 1.0
+    with workers(settings, provider):
+        wait_for(lambda: conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE lease_token IS NOT NULL")
+                 .fetchone()[0] > 0, timeout=10)  # fmt: skip
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'syncer-dies'"
+        ).fetchone()[0]
+        assert killed >= 2
+        wait_for(lambda: all_embedded(conn, 30), timeout=20)
+    assert queue_depth(conn) == 0
+
+
+def test_a_settle_that_finds_its_lease_taken_writes_nothing_and_says_so(
+    conn: psycopg.Connection, docs: str, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(db_url, DOCS)
+    provider = HashEmbedder()
+    db = Database.from_settings(settings)
+    [(source, _)] = schema.apply(db, settings, provider)
+    with db.connect() as zombie_conn, db.connect() as other_conn:
+        zombie = queue.claim(zombie_conn, source, provider.model_id, 10, 10**6, lease_seconds=0.2)
+        time.sleep(0.3)  # the zombie's lease runs out, unrenewed
+        other = queue.claim(other_conn, source, provider.model_id, 10, 10**6, lease_seconds=60)
+        assert len(other) == 4
+        bogus = {c.seq: -hash_vector(c.text) for c in zombie.embed}
+        with caplog.at_level(logging.WARNING):
+            outcome = queue.settle(zombie_conn, zombie, provider.model_id, bogus, {}, FAILURES)
+        assert (outcome.stored, outcome.released, outcome.taken) == (0, 0, 4)
+        assert "docs: the lease on 4 rows ran out" in caplog.text
+        good = {c.seq: hash_vector(c.text) for c in other.embed}
+        assert queue.settle(other_conn, other, provider.model_id, good, {}, FAILURES).stored == 4
+    bodies = dict(conn.execute("SELECT id, body FROM docs WHERE body IS NOT NULL").fetchall())
+    assert {k: v[1] for k, v in stored(conn).items()} == {k: sha256(b) for k, b in bodies.items()}
+
+
+def test_the_deferred_index_waits_for_rows_in_hand(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 50)
+    settings = make_settings(db_url, DOCS, index_after_rows=10)
+    provider = HashEmbedder()
+    db = Database.from_settings(settings)
+    [(source, _)] = schema.apply(db, settings, provider)
+    index = "SELECT to_regclass('public.syncer_docs_hnsw')"
+    with db.connect() as other_conn:
+        other = queue.claim(other_conn, source, provider.model_id, 100, 10**7, lease_seconds=60)
+        sync_once(settings, provider)  # finds nothing to claim: another worker is still loading the store
+        assert conn.execute(index).fetchone() == (None,)
+        vectors = {c.seq: hash_vector(c.text) for c in other.embed}
+        assert queue.settle(other_conn, other, provider.model_id, vectors, {}, FAILURES).stored == 50
+    sync_once(settings, provider)
+    assert conn.execute(index).fetchone() == ("syncer_docs_hnsw",)
+
+
+def test_a_claim_is_bounded_by_bytes_of_text(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 10, body="repeat(chr(97 + i), 1000000)")
+    conn.execute("UPDATE docs SET body = repeat('z', 3000000) WHERE id = 5")  # over the budget: comes alone
+    settings = make_settings(db_url, DOCS, batch_bytes=2_500_000)
+    provider = HashEmbedder()
+    sync_once(settings, provider)
+    assert all_embedded(conn, 10)
+    sizes = [len(call) for call in provider.calls]
+    assert max(sizes) == 2 and sum(sizes) == 10
+    assert [len(call) for call in provider.calls if any(len(t) == 3_000_000 for t in call)] == [1]
