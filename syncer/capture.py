@@ -35,14 +35,9 @@ def objects(source: Source) -> dict[str, sql.Composable]:
     }
 
 
-def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
-    """Create or replace the triggers (``notify=False``: no NOTIFY, poll only).
-
-    Returns how many partitions got their TRUNCATE trigger now: partitions created or attached
-    since the last apply (their rows may need queuing).
-    """
+def _parts(source: Source) -> dict[str, sql.Composable]:
     watched = tuple(dict.fromkeys(source.config.text_columns + source.keys))
-    parts = (
+    return (
         fragments.parts(source)
         | objects(source)
         | {
@@ -54,22 +49,48 @@ def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
             "name": sql.Literal(source.name),
         }
     )
-    conn.execute(query("capture", "capture", **parts))
-    conn.execute(query("capture", "truncate", **parts))
-    conn.execute(query("capture", "notify" if notify else "drop_notify", **parts))
-    return _install_partitions(conn, source, parts) if source.partitioned else 0
 
 
-def _install_partitions(conn: psycopg.Connection, source: Source, parts: dict[str, sql.Composable]) -> int:
-    conn.execute(query("capture", "partition_truncate", **parts))
-    trigger = f"syncer_{source.name}_truncate"
-    missing = conn.execute(
-        query("capture", "partitions"), {"schema": source.schema, "name": source.table_name, "trigger": trigger}
-    ).fetchall()
+def render(source: Source, notify: bool) -> list[sql.Composed]:
+    """The statements that create or replace the source's triggers (``notify=False``: poll only)."""
+    blocks = ["capture", "truncate", "notify" if notify else "drop_notify"]
+    blocks += ["partition_truncate"] if source.partitioned else []
+    parts = _parts(source)
+    return [query("capture", block, **parts) for block in blocks]
+
+
+def signatures(source: Source, notify: bool) -> tuple[list[str], list[str]]:
+    """(trigger names on the table, function signatures) that must exist once installed."""
+    names = objects(source)
+    triggers = [f"syncer_{source.name}_{kind}" for kind in ("rows", "updates", "truncate")]
+    triggers += [f"syncer_{source.name}_notify"] if notify else []
+    functions = [names["capture_fn"], names["truncate_fn"]]
+    functions += [names["partition_truncate_fn"]] if source.partitioned else []
+    return triggers, [sql.SQL("{}()").format(f).as_string(None) for f in functions]
+
+
+def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
+    """Create or replace the triggers (``notify=False``: no NOTIFY, poll only).
+
+    Returns how many partitions got their TRUNCATE trigger now: partitions created or attached
+    since the last apply (their rows may need queuing).
+    """
+    for statement in render(source, notify):
+        conn.execute(statement)
+    missing = missing_partitions(conn, source)
     for schema, name in missing:
         log.info("%s: TRUNCATE trigger on partition %s.%s", source.name, schema, name)
-        conn.execute(query("capture", "partition_trigger", **parts, partition=sql.Identifier(schema, name)))
+        partition = sql.Identifier(schema, name)
+        conn.execute(query("capture", "partition_trigger", **_parts(source), partition=partition))
     return len(missing)
+
+
+def missing_partitions(conn: psycopg.Connection, source: Source) -> list[tuple[str, str]]:
+    """Partitions (at any depth) of a partitioned source that lack syncer's TRUNCATE trigger."""
+    if not source.partitioned:
+        return []
+    params = {"schema": source.schema, "name": source.table_name, "trigger": f"syncer_{source.name}_truncate"}
+    return [(schema, name) for schema, name in conn.execute(query("capture", "partitions"), params)]
 
 
 def drop(conn: psycopg.Connection, source: Source) -> None:

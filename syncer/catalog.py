@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .database import transaction
 from .errors import ConfigError
 from .queries import query
 from .settings import SourceConfig
@@ -48,12 +49,20 @@ def check_database(conn: psycopg.Connection) -> None:
 
 
 def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
-    """Check a source against the catalog; a ConfigError names what is wrong."""
+    """Check a source against the catalog; a ConfigError names what is wrong.
+
+    A bare table name is found with the session's own search_path, as the application finds it;
+    everything after that with syncer's pinned one (types outside pg_catalog come out qualified).
+    """
     schema, _, name = config.table.rpartition(".")
     found = conn.execute(query("catalog", "find_table"), {"schema": schema or None, "name": name}).fetchone()
     if found is None:
         raise ConfigError(f"source {config.source_name!r}: table {config.table} does not exist")
-    oid, schema, name, kind = found
+    with transaction(conn):
+        return _resolve(conn, config, *found)
+
+
+def _resolve(conn: psycopg.Connection, config: SourceConfig, oid: int, schema: str, name: str, kind: str) -> Source:
     if kind not in ("r", "p"):
         raise ConfigError(f"source {config.source_name!r}: {schema}.{name} is not a table")
     where = f"source {config.source_name!r}: "
@@ -80,6 +89,7 @@ def resolve(conn: psycopg.Connection, config: SourceConfig) -> Source:
         store_schema or schema,
         store_name,
         f"{config.source_name}_queue",
+        vector_schema=_scalar(conn, query("catalog", "vector_schema"), {}),
         partitioned=kind == "p",
     )
 
@@ -177,3 +187,21 @@ def store_dimensions(conn: psycopg.Connection, source: Source) -> int | None:
 def _scalar(conn: psycopg.Connection, statement: sql.Composed, params: dict[str, Any]) -> Any:
     row = conn.execute(statement, params).fetchone()
     return row[0] if row else None
+
+
+def installed(conn: psycopg.Connection, source: Source, triggers: list[str], functions: list[str]) -> bool:
+    """Whether the source's tables, triggers and functions all exist."""
+    params = {
+        "queue": source.queue.as_string(None),
+        "store": source.store.as_string(None),
+        "table": source.table.as_string(None),
+        "triggers": triggers,
+        "functions": functions,
+    }
+    return bool(_scalar(conn, query("catalog", "installed"), params))
+
+
+def lock_holders(conn: psycopg.Connection, source: Source) -> str | None:
+    """Who holds locks on the source table (or its queue) that DDL waits for, in words."""
+    params = {"table": source.table.as_string(None), "queue": source.queue.as_string(None)}
+    return _scalar(conn, query("catalog", "lock_holders"), params)

@@ -15,7 +15,7 @@ import psycopg
 import pydantic
 import pydantic_settings
 
-from . import catalog, queue, reembed, report, schema, search
+from . import catalog, grants, queue, reembed, report, schema, search
 from .database import Database
 from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
 from .providers import Provider, load_provider
@@ -46,7 +46,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     provider = start_provider(settings, stopping)
     if provider is None:
         return 0
-    applied = [source for source, _ in schema.apply(db, settings, provider)]
+    if settings.apply == "auto":
+        applied = [source for source, _ in schema.apply(db, settings, provider, stopping=stopping)]
+    else:
+        applied = schema.verify(db, settings, provider)
     worker = Worker(db, provider, applied, WorkerOptions.from_settings(settings), backlog_progress(db, applied))
     workers.append(worker)
     if stopping.is_set():
@@ -83,9 +86,21 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
     with db.connect() as conn:
         for source in selected(db, settings, args.sources):
-            queued = queue.enqueue_stale(conn, source)
-            conn.commit()
+            queued = queue.enqueue(conn, source, "stale")
             print(f"{source.name}: {queued} rows queued whose vector is missing, stale or orphaned")
+    return 0
+
+
+def cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    db = Database.from_settings(settings)
+    source_list = schema.resolve_all(db, settings)
+    with db.connect() as conn:
+        if args.print:
+            granted = grants.statements(conn, args.kind, args.role, source_list)
+        else:
+            granted = grants.grant(conn, args.kind, args.role, source_list)
+    for statement in granted:
+        print(f"{statement};")
     return 0
 
 
@@ -137,7 +152,6 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     source = source_by_name(db, settings, args.source)
     with db.connect() as conn:
         keys = queue.retry(conn, source, None if args.all else args.keys)
-        conn.commit()
     print(f"{source.name}: {len(keys)} rows back in line" + (f": {', '.join(keys)}" if keys else ""))
     unknown = sorted(set(args.keys) - set(keys))
     if unknown:
@@ -203,6 +217,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": cmd_run,
     "apply": cmd_apply,
+    "grant": cmd_grant,
     "backfill": cmd_backfill,
     "status": cmd_status,
     "errors": cmd_errors,
@@ -219,12 +234,16 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="syncer", description="Keep pgvector embeddings of table rows in sync.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="apply, backfill, then follow changes until stopped")
+    run = sub.add_parser("run", help="apply (unless SYNCER_APPLY=never), then follow changes until stopped")
     run.add_argument("--once", action="store_true", help="process everything pending, then exit")
     apply = sub.add_parser("apply", help="create or refresh syncer's schema and each source's objects")
     apply.add_argument(
         "--adopt", action="store_true", help="take the configured text definitions where they differ from the applied"
     )
+    grant = sub.add_parser("grant", help="grant a role what a worker or a reader needs (run as the owner)")
+    grant.add_argument("kind", choices=["worker", "reader"])
+    grant.add_argument("role")
+    grant.add_argument("--print", action="store_true", help="print the statements without running them")
     backfill = sub.add_parser("backfill", help="queue every row whose vector is missing or stale (reconcile)")
     backfill.add_argument("sources", nargs="*", help="source names (default: all)")
     sub.add_parser("status", help="rows, embedded, queued, failing, dead and lag per source")

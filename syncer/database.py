@@ -10,19 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pgvector.psycopg import register_vector
+from pgvector.psycopg.vector import register_vector_info
+from psycopg import sql
+from psycopg.types import TypeInfo
 
 from .errors import ConfigError
+from .redact import redact, url_secrets
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# In every transaction that reads source rows: a row hidden by row-level security raises an error
-# instead of being skipped, so that it can never be taken for a deleted row.
-GUARDS = "SET LOCAL row_security = off"
+# Every transaction of syncer's pins these (SET LOCAL, so that nothing leaks into a pooled server
+# connection): a row hidden by row-level security raises an error instead of being skipped, so it is
+# never taken for a deleted row; and only pg_catalog resolves unqualified names, so no function or
+# operator of another role can stand in for a built-in one.
+GUARDS = "SET LOCAL row_security = off; SET LOCAL search_path = pg_catalog, pg_temp"
 
 # Detect a dead peer within about a minute instead of blocking on a half-open socket.
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+VECTOR_SCHEMA = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'"
 
 
 def embedded_url(data_dir: Path) -> str:
@@ -49,27 +55,59 @@ def database_url(settings: Settings) -> str:
 
 
 class Database:
-    """Opens connections with syncer's session settings; knows nothing about sources."""
+    """Opens connections; knows nothing about sources.
 
-    def __init__(self, url: str, application_name: str = "syncer") -> None:
+    No session state is set and nothing is prepared server-side, so connections may go through a
+    transaction-pooling PgBouncer; LISTEN goes to ``listen_url`` (None: poll only).
+    """
+
+    def __init__(self, url: str, application_name: str = "syncer", listen_url: str | None = "") -> None:
         self.url = url
         self.application_name = application_name
+        self.listen_url = url if listen_url == "" else listen_url
+        self.secrets = url_secrets(url) + url_secrets(self.listen_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(database_url(settings), settings.application_name)
+        url = database_url(settings)
+        listen: str | None = url
+        if settings.listen_database_url is not None:
+            listen = settings.listen_database_url.get_secret_value()
+        elif settings.database_pooled:
+            listen = None  # LISTEN does not work through a transaction pooler: poll only
+        return cls(url, settings.application_name, listen)
 
-    def connect(self, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
-        conn = psycopg.connect(self.url, autocommit=autocommit, application_name=self.application_name, **KEEPALIVES)
+    def connect(self, *, autocommit: bool = True, vector: bool = True, url: str | None = None) -> psycopg.Connection:
+        """A connection in autocommit mode: syncer's transactions are explicit (``transaction``)."""
+        try:
+            conn = psycopg.connect(
+                url or self.url,
+                autocommit=autocommit,
+                application_name=self.application_name,
+                prepare_threshold=None,  # server-side prepared statements break transaction pooling
+                **KEEPALIVES,
+            )
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
+            raise ConfigError(f"the database URL is not valid: {redact(str(exc).strip(), self.secrets)}") from None
+        except psycopg.OperationalError as exc:
+            raise psycopg.OperationalError(redact(str(exc).strip(), self.secrets)) from None
         if vector:
-            with contextlib.suppress(psycopg.ProgrammingError):  # no pgvector yet: `syncer apply` creates it
-                register_vector(conn)
+            _register_vector(conn)
         return conn
+
+
+def _register_vector(conn: psycopg.Connection) -> None:
+    """Teach the connection pgvector's types, found in whatever schema the extension lives."""
+    row = conn.execute(VECTOR_SCHEMA).fetchone()
+    if row is not None:  # else no pgvector yet: `syncer apply` creates it
+        register_vector_info(conn, TypeInfo.fetch(conn, sql.Identifier(row[0], "vector")))
+    if not conn.autocommit:
+        conn.rollback()
 
 
 @contextlib.contextmanager
 def transaction(conn: psycopg.Connection) -> Iterator[None]:
-    """A transaction in which a source row syncer cannot see is an error, never a missing row."""
+    """A transaction with syncer's guards: see ``GUARDS``."""
     with conn.transaction():
         conn.execute(GUARDS)
         yield

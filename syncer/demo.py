@@ -81,12 +81,11 @@ def demo(settings: Settings, rows: int) -> int:
     db = Database.from_settings(settings)
     docs = corpus(rows)
     print(f"1. creating public.demo_docs with {len(docs)} docstrings of Python's standard library")
-    with db.connect(vector=False) as conn:
+    with db.connect(vector=False) as conn, conn.transaction():
         conn.execute(SETUP)
         with conn.cursor().copy("COPY public.demo_docs (title, body) FROM STDIN") as copy:
             for doc in docs:
                 copy.write_row(doc)
-        conn.commit()
     provider = load_provider(settings)
     source_list = [source for source, _ in schema.apply(db, settings, provider)]
     print(f"2. syncing {source_list[0].qualified} into {source_list[0].qualified_store} with {provider.model_id}")
@@ -101,7 +100,6 @@ def demo(settings: Settings, rows: int) -> int:
         )
         conn.execute("UPDATE public.demo_docs SET body = NULL, title = NULL WHERE id = 2")
         conn.execute("DELETE FROM public.demo_docs WHERE id = 3")
-        conn.commit()
     Worker(db, provider, source_list, options).run(once=True)
     _show_status(db, source_list)
     _show_searches(db, source_list[0], provider)

@@ -19,8 +19,8 @@ WHITESPACE = (
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 PARAGRAPH = "\n\n"
-ALIASES = "tqecpk"  # source row, queue row, stored vector, current row, picked row, kept row
-JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g")
+ALIASES = "tqecpkb"  # source row, queue row, stored vector, current row, picked row, kept row, batch row
+JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g", "b_is_e", "t_is_b")
 
 
 def column(alias: str | None, name: str) -> sql.Identifier:
@@ -32,9 +32,24 @@ def key_list(source: Source, alias: str | None = None) -> sql.Composed:
     return sql.SQL(", ").join(column(alias, k) for k in source.keys)
 
 
-def keys_equal(source: Source, left: str, right: str) -> sql.Composed:
-    """``left.k1 = right.k1 AND ...``: joins that use the key indexes."""
-    return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(column(left, k), column(right, k)) for k in source.keys)
+def keys_equal(source: Source, left: str, right: str, *, qualified: bool = False) -> sql.Composed:
+    """``left.k1 = right.k1 AND ...``: joins that use the key indexes (``qualified``: pg_catalog's ``=``
+    whatever the search_path, for SQL that runs in other roles' sessions)."""
+    equals = sql.SQL(" OPERATOR(pg_catalog.=) " if qualified else " = ")
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}{}{}").format(column(left, k), equals, column(right, k)) for k in source.keys
+    )
+
+
+def keys_descending(source: Source, alias: str) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("{} DESC").format(column(alias, k)) for k in source.keys)
+
+
+def keys_after(source: Source, alias: str, last: tuple[object, ...] | None) -> sql.Composable:
+    """``ROW(alias.k1, alias.k2) > ROW(<last key>)`` (a keyset the key index serves); ``true`` to start."""
+    if last is None:
+        return sql.SQL("true")
+    return sql.SQL("ROW({}) > ROW({})").format(key_list(source, alias), sql.SQL(", ").join(map(sql.Literal, last)))
 
 
 def key_text(source: Source, alias: str) -> sql.Composable:
@@ -69,13 +84,28 @@ def text(source: Source, alias: str = "t") -> sql.Composable:
     )
 
 
+def vector_parts(schema: str | None) -> dict[str, sql.Composable]:
+    """pgvector's type, cosine operator and opclass, qualified by the schema it lives in."""
+    if schema is None:
+        raise RuntimeError("pgvector is not installed in this database: `syncer apply` installs it")
+    return {
+        "vector": sql.Identifier(schema, "vector"),
+        "cosine_distance": sql.SQL("OPERATOR({}.<=>)").format(sql.Identifier(schema)),
+        "cosine_ops": sql.Identifier(schema, "vector_cosine_ops"),
+    }
+
+
 @cache
 def _parts(source: Source) -> dict[str, sql.Composable]:
+    vector = vector_parts(source.vector_schema) if source.vector_schema else {}
     return (
-        {"table": source.table, "store": source.store, "queue": source.queue, "keys": key_list(source)}
+        vector
+        | {"table": source.table, "store": source.store, "queue": source.queue, "keys": key_list(source)}
         | {"text": text(source), "k_key_text": key_text(source, "k"), "q_key_text": key_text(source, "q")}
         | {f"{a}_keys": key_list(source, a) for a in ALIASES}
         | {j: keys_equal(source, j[0], j[-1]) for j in JOINS}
+        | {"t_is_e_qualified": keys_equal(source, "t", "e", qualified=True)}
+        | {"b_keys_desc": keys_descending(source, "b")}
     )
 
 

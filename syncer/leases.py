@@ -77,7 +77,7 @@ class Leases:
                 if not batches:
                     continue
                 try:
-                    conn = conn or self.db.connect(autocommit=True)
+                    conn = conn or self.db.connect()
                     for batch in batches:
                         queue.renew(conn, batch, self.lease_seconds)
                 except psycopg.Error as exc:

@@ -12,10 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from . import fragments, registry
 from .database import transaction
@@ -25,6 +26,12 @@ from .sources import Source
 from .tables import MODEL_CONSTRAINT
 
 log = logging.getLogger(__name__)
+
+BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
+WANTED = {  # a batch row (b) with text is queued when its stored vector (e) is ...
+    "missing": sql.SQL("e.content_hash IS NULL"),
+    "stale": sql.SQL("e.content_hash IS DISTINCT FROM sha256(convert_to(b.text, 'UTF8'))"),
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ def claim(
 def renew(conn: psycopg.Connection, batch: Batch, lease_seconds: float) -> int:
     """Extend the lease of the batch's keys that are still ours; returns how many."""
     params = {"seqs": batch.seqs, "token": batch.token, "lease": lease_seconds}
-    return len(conn.execute(query("queue", "renew", **fragments.parts(batch.source)), params).fetchall())
+    with transaction(conn):
+        return len(conn.execute(query("queue", "renew", **fragments.parts(batch.source)), params).fetchall())
 
 
 def settle(
@@ -120,11 +128,14 @@ def settle(
     vectors: dict[int, np.ndarray],
     errors: dict[int, str],
     failures: Failures,
+    lock_timeout: float = 2.0,
 ) -> Outcome:
     """Write what the batch produced, in one short transaction that keeps only what is still ours.
 
     ``vectors`` and ``errors`` are keyed by seq. Raises ``StoreChanged`` if this worker's model
-    or text definition is no longer the applied one (nothing is written then).
+    or text definition is no longer the applied one (nothing is written then). Waits at most
+    ``lock_timeout`` for a lock (an index being built, say): an application writer that touches a
+    key of the batch meanwhile never waits longer than that.
     """
     stored = [c for c in batch.embed if c.seq in vectors]
     arms: list[tuple[str, list[int], dict[str, Any]]] = [
@@ -140,6 +151,7 @@ def settle(
     ]  # fmt: skip
     done: dict[str, list[tuple[Any, ...]]] = {}
     with transaction(conn):
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout * 1000)}ms"])
         registry.fence(conn, batch.source, model_id)
         for block, seqs, params in arms:
             done[block] = _run(conn, batch, block, seqs, params)
@@ -205,19 +217,35 @@ def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
     return int(row[0]) if row else 0
 
 
-def enqueue_missing(conn: psycopg.Connection, source: Source) -> int:
-    """Queue every row with text but no vector (the backfill); returns how many were queued."""
-    with transaction(conn):
-        return conn.execute(query("queue", "enqueue_missing", **fragments.parts(source))).rowcount
+def enqueue(
+    conn: psycopg.Connection, source: Source, kind: Literal["missing", "stale"], batch_rows: int | None = BATCH_ROWS
+) -> int:
+    """Queue the rows whose vector is missing (the backfill), or missing or stale and then the orphaned
+    vectors (reconcile: converges after changes that bypassed the triggers). In keyset batches of
+    ``batch_rows`` that each commit, unless ``conn`` is in a transaction already; returns rows queued."""
+    queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind]}, batch_rows)
+    if kind == "stale":
+        queued += _keyset(conn, source, "enqueue_orphans", "e", {}, batch_rows)
+    return queued
 
 
-def enqueue_stale(conn: psycopg.Connection, source: Source) -> int:
-    """Queue every row whose stored vector is missing or not of its current text, and every orphaned
-    vector: converges after changes that bypassed the triggers (or happened during a re-embed)."""
-    parts = fragments.parts(source)
-    with transaction(conn):
-        queued = conn.execute(query("queue", "enqueue_stale", **parts)).rowcount
-        return queued + conn.execute(query("queue", "enqueue_orphans", **parts)).rowcount
+def _keyset(
+    conn: psycopg.Connection,
+    source: Source,
+    block: str,
+    alias: str,
+    extra: dict[str, sql.Composable],
+    batch_rows: int | None,
+) -> int:
+    queued, last = 0, None
+    while True:
+        after = fragments.keys_after(source, alias, last)
+        statement = query("queue", block, **fragments.parts(source), **extra, after=after)
+        with transaction(conn):
+            row = conn.execute(statement, {"limit": batch_rows}).fetchone()
+        if row is None:
+            return queued
+        queued, last = queued + row[0], tuple(row[1:])
 
 
 @dataclass(frozen=True)
@@ -232,11 +260,13 @@ class Failure:
 
 def failures(conn: psycopg.Connection, source: Source, limit: int) -> list[Failure]:
     """Failing and dead rows of a source, dead first, then the latest failures."""
-    rows = conn.execute(query("queue", "failures", **fragments.parts(source)), {"limit": limit}).fetchall()
+    with transaction(conn):
+        rows = conn.execute(query("queue", "failures", **fragments.parts(source)), {"limit": limit}).fetchall()
     return [Failure(*row) for row in rows]
 
 
 def retry(conn: psycopg.Connection, source: Source, keys: list[str] | None) -> list[str]:
     """Put failing or dead rows back in line with attempts reset (``keys`` None: all); returns the keys."""
     params = {"all": keys is None, "keys": keys or []}
-    return [row[0] for row in conn.execute(query("queue", "retry", **fragments.parts(source)), params)]
+    with transaction(conn):
+        return [row[0] for row in conn.execute(query("queue", "retry", **fragments.parts(source)), params)]

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from . import queue, registry, schema, search, tables
 from .catalog import exists
-from .database import Database
+from .database import Database, transaction
 from .errors import ConfigError
 from .providers import Provider
 from .queries import query
@@ -33,22 +33,39 @@ CATCH_UP_ROUNDS = 3  # passes over rows edited during the re-embed before the sw
 def reembed(db: Database, settings: Settings, provider: Provider, source: Source) -> int:
     """Build the shadow store with ``provider``, catch up, switch; returns the rows embedded."""
     shadow = source.as_shadow()
-    with schema.apply_lock(db), db.connect() as conn:
-        _begin(conn, source, shadow, provider)
-        conn.commit()
+    with db.connect() as conn:
+        _refuse_dependents(conn, source)
+        with transaction(conn):
+            schema.lock_applies(conn)
+            _begin(conn, source, shadow, provider)
+        queued = queue.enqueue(conn, shadow, "missing")
+    log.info("re-embedding %s with %s: %d rows queued", source.name, provider.model_id, queued)
     embedded = _drain(db, settings, provider, shadow)
     for _ in range(CATCH_UP_ROUNDS):
         with db.connect() as conn:
-            stale = queue.enqueue_stale(conn, shadow)
-            conn.commit()
+            stale = queue.enqueue(conn, shadow, "stale")
         if not stale:
             break
         embedded += _drain(db, settings, provider, shadow)
-    with schema.apply_lock(db), db.connect() as conn:
+    with db.connect() as conn, transaction(conn):
+        schema.lock_applies(conn)
         _switch(conn, source, shadow)
-        conn.commit()
     log.info("%s now holds %s vectors", source.qualified_store, provider.model_id)
     return embedded
+
+
+def _refuse_dependents(conn: psycopg.Connection, source: Source) -> None:
+    """Before any work: what a switch could not carry to the new store (it would fail, or lose it)."""
+    with transaction(conn):
+        params = {"store": source.store.as_string(None), "index": f"{source.store_schema}.{source.index_name}"}
+        if not exists(conn, source.store_schema, source.store_name):
+            return
+        found = [row[0] for row in conn.execute(query("reembed", "dependents"), params)]
+    if found:
+        raise ConfigError(
+            f"source {source.name!r}: {source.qualified_store} has {', '.join(found)}, which a re-embed cannot "
+            "carry over to the new store; drop them, re-embed, then create them again"
+        )
 
 
 def _begin(conn: psycopg.Connection, source: Source, shadow: Source, provider: Provider) -> None:
@@ -66,8 +83,6 @@ def _begin(conn: psycopg.Connection, source: Source, shadow: Source, provider: P
     tables.create_queue(conn, shadow)
     if not exists(conn, shadow.store_schema, shadow.store_name):
         tables.create_store(conn, shadow, provider.model_id, provider.dimensions)
-    queued = queue.enqueue_missing(conn, shadow)
-    log.info("re-embedding %s with %s: %d rows queued", source.name, provider.model_id, queued)
 
 
 def _drain(db: Database, settings: Settings, provider: Provider, shadow: Source) -> int:
@@ -81,7 +96,10 @@ def _switch(conn: psycopg.Connection, source: Source, shadow: Source) -> None:
     # settle of an old-model worker finds the new model there and stops (no lock-order deadlock).
     conn.execute(query("reembed", "finish"), {"name": source.name})
     # Rows edited since the last catch-up go to the live queue: the new model's workers embed them.
-    queue.enqueue_stale(conn, shadow.with_queue(source.queue_name))
+    queue.enqueue(conn, shadow.with_queue(source.queue_name), "stale", batch_rows=None)
+    store = source.store.as_string(None)
+    params = {"store": store, "target": store, "schema": source.store_schema, "name": source.store_name}
+    carried = [row[0] for row in conn.execute(query("reembed", "carried"), params)]
     conn.execute(
         query(
             "reembed",
@@ -94,4 +112,6 @@ def _switch(conn: psycopg.Connection, source: Source, shadow: Source) -> None:
             store_schema=sql.Identifier(source.store_schema),
         )
     )
+    for statement in carried:  # the new store keeps the old one's owner, grants, policies and comment
+        conn.execute(statement)
     search.install(conn, source)

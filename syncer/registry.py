@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .errors import StoreChanged
@@ -27,17 +26,11 @@ class Registration:
     backfilled: bool
     reembed_model: str | None
     reembed_dimensions: int | None
-
-    def model_of(self, source: Source) -> str | None:
-        """The model whose vectors ``source``'s store takes (a re-embed's shadow store: the new one)."""
-        return self.reembed_model if source.shadow else self.model
+    objects: str | None  # fingerprint of the installed objects
 
 
-def read(conn: psycopg.Connection, name: str, *, lock: bool = False) -> Registration | None:
-    statement = query("registry", "read")
-    if lock:
-        statement = sql.Composed([statement, sql.SQL(" FOR SHARE")])
-    row = conn.execute(statement, {"name": name}).fetchone()
+def read(conn: psycopg.Connection, name: str) -> Registration | None:
+    row = conn.execute(query("registry", "read"), {"name": name}).fetchone()
     return Registration(*row) if row else None
 
 
@@ -66,6 +59,10 @@ def adopt(conn: psycopg.Connection, source: Source) -> None:
     conn.execute(query("registry", "adopt"), params | {"config": Jsonb(source.config.model_dump(mode="json"))})
 
 
+def installed(conn: psycopg.Connection, source: Source, objects: str) -> None:
+    conn.execute(query("registry", "installed"), {"name": source.name, "objects": objects})
+
+
 def mark_backfilled(conn: psycopg.Connection, source: Source) -> None:
     conn.execute(query("registry", "mark_backfilled"), {"name": source.name})
 
@@ -76,22 +73,18 @@ def forget(conn: psycopg.Connection, source: Source) -> None:
 
 def fence(conn: psycopg.Connection, source: Source, model_id: str) -> None:
     """In a settle's transaction: hold the registry row, and refuse to write if this worker is superseded."""
-    registration = read(conn, source.name, lock=True)
-    if registration is None:
+    row = conn.execute(query("registry", "fence"), {"name": source.name}).fetchone()
+    if row is None:
         raise StoreChanged(f"source {source.name!r} is no longer applied (dropped): this worker stops")
-    confirm_model(registration, source, model_id)
-    if registration.definition is not None and registration.definition != source.definition:
-        raise StoreChanged(
-            f"source {source.name!r} now embeds {describe(registration.definition)}, not this worker's "
-            f"{describe(source.definition)} (a new definition was adopted): restart it with the new configuration"
-        )
-
-
-def confirm_model(registration: Registration, source: Source, model_id: str) -> None:
-    """Raise ``StoreChanged`` if the registry says ``source``'s store takes another model's vectors."""
-    expected = registration.model_of(source)
+    model, reembed_model, definition = row
+    expected = reembed_model if source.shadow else model
     if expected != model_id:
         raise StoreChanged(
             f"{source.qualified_store} takes {expected} vectors now, not {model_id}: it was re-embedded; "
             "restart this worker with the store's model"
+        )
+    if definition is not None and definition != source.definition:
+        raise StoreChanged(
+            f"source {source.name!r} now embeds {describe(definition)}, not this worker's "
+            f"{describe(source.definition)} (a new definition was adopted): restart it with the new configuration"
         )

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from . import fragments
+from .database import transaction
 from .queries import query
 from .sources import Source
 
@@ -25,13 +26,15 @@ class Status:
 
 
 def status(conn: psycopg.Connection, source: Source) -> Status:
-    row = conn.execute(query("report", "status", **fragments.parts(source))).fetchone()
+    with transaction(conn):
+        row = conn.execute(query("report", "status", **fragments.parts(source))).fetchone()
     assert row is not None
     return Status(source.name, *row)
 
 
 def queued(conn: psycopg.Connection, source: Source) -> int:
-    row = conn.execute(query("report", "queued", queue=source.queue)).fetchone()
+    with transaction(conn):
+        row = conn.execute(query("report", "queued", queue=source.queue)).fetchone()
     return row[0] if row else 0
 
 

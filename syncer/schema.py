@@ -1,29 +1,48 @@
-"""Bring a database up to date: syncer's own schema (alembic), then each source's objects."""
+"""Bring a database up to date — syncer's own schema (alembic), then each source's objects — or say what differs.
+
+`syncer apply` (the owner's step) runs ``apply``; so does `syncer run` with SYNCER_APPLY=auto, while
+with SYNCER_APPLY=never it only runs ``verify``. An unchanged configuration costs no DDL and no
+lock beyond reads either way: the installed objects are compared first (the migration version, a
+fingerprint of each source's rendered objects kept in syncer.sources, their presence in the catalog).
+DDL that needs a lock on an application's table waits at most SYNCER_LOCK_TIMEOUT for it, then gives
+way and retries with backoff, so the application never queues behind syncer; the backfill is queued
+after that DDL has committed, in keyset batches that each commit.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from psycopg import sql
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from . import capture, catalog, queue, registry, search, tables
-from .database import Database
+from .database import Database, transaction
 from .errors import ConfigError
 from .providers import Provider
+from .queries import query
 from .registry import Registration
 from .settings import Settings
 from .sources import Source, describe
+from .wakeup import backoff
 
 log = logging.getLogger(__name__)
 
-APPLY_LOCK = 0x73796E63  # "sync": serializes `apply` among workers starting together
+APPLY_LOCK = 0x73796E63  # "sync": one applier at a time (transaction-level: works through PgBouncer)
+OBJECTS_VERSION = "2"  # part of every fingerprint: a release that renders objects differently re-applies them
+LOCK_RETRY_BASE, LOCK_RETRY_CAP = 1.0, 30.0  # seconds between attempts at DDL that gave way to the application
+
+T = TypeVar("T")
 
 
 def migrations_dir() -> Path:
@@ -39,15 +58,34 @@ def alembic_config(db: Database) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["engine"] = create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(db.url), poolclass=NullPool
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(db.url, prepare_threshold=None), poolclass=NullPool
     )
     return config
 
 
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: psycopg.Connection) -> str | None:
+    migrated = conn.execute(query("catalog", "migrated")).fetchone()
+    row = conn.execute(query("catalog", "migration")).fetchone() if migrated and migrated[0] else None
+    return row[0] if row else None
+
+
 def migrate(db: Database, revision: str = "head") -> None:
-    """Upgrade syncer's own schema (``syncer.*``) to ``revision``."""
+    """Upgrade syncer's own schema (``syncer.*``) to ``revision``; nothing at all if it is there already."""
+    if revision == "head":
+        with db.connect(vector=False) as conn:
+            if current_revision(conn) == head_revision():
+                return
     config = alembic_config(db)
     with config.attributes["engine"].begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
         conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS syncer")
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
@@ -60,14 +98,9 @@ def downgrade(db: Database, revision: str) -> None:
         command.downgrade(config, revision)
 
 
-@contextmanager
-def apply_lock(db: Database) -> Iterator[None]:
-    with db.connect(autocommit=True, vector=False) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", [APPLY_LOCK])
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [APPLY_LOCK])
+def lock_applies(conn: psycopg.Connection) -> None:
+    """Serialize this transaction with every other apply, re-embed switch or drop."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", [APPLY_LOCK])
 
 
 def resolve_all(db: Database, settings: Settings) -> list[Source]:
@@ -79,57 +112,185 @@ def resolve_all(db: Database, settings: Settings) -> list[Source]:
         return [catalog.resolve(conn, config) for config in settings.sources]
 
 
-def apply(db: Database, settings: Settings, provider: Provider, *, adopt: bool = False) -> list[tuple[Source, int]]:
+def verify(db: Database, settings: Settings, provider: Provider) -> list[Source]:
+    """SYNCER_APPLY=never: everything must be applied as configured; else a ConfigError naming `syncer apply`."""
+    problems: list[str] = []
+    with db.connect() as conn:
+        revision, head = current_revision(conn), head_revision()
+        if revision != head:
+            raise ConfigError(
+                f"syncer's schema is at {revision or 'nothing'}, this syncer needs {head}: the owner must run "
+                "`syncer apply` (SYNCER_APPLY=never)"
+            )
+        source_list = [catalog.resolve(conn, config) for config in settings.sources]
+        for source in source_list:
+            registration = registry.read(conn, source.name)
+            if registration is None:
+                problems.append(f"source {source.name!r} is not applied")
+                continue
+            check_applied(conn, source, registration, provider, adopt=False, how="the owner must run")
+            objects = fingerprint(conn, source, settings.notify)
+            if not _up_to_date(conn, source, registration, objects, settings.notify, search_too=False):
+                problems.append(f"source {source.name!r}: the installed objects differ from the configuration")
+    if problems:
+        raise ConfigError("; ".join(problems) + ": the owner must run `syncer apply` (SYNCER_APPLY=never)")
+    return source_list
+
+
+def apply(
+    db: Database,
+    settings: Settings,
+    provider: Provider,
+    *,
+    adopt: bool = False,
+    stopping: threading.Event | None = None,
+) -> list[tuple[Source, int]]:
     """Migrate, then create or refresh every source; returns each source with the rows newly queued.
 
     ``adopt``: a source whose configured text definition differs from the applied one takes the
     new one (rows whose text changes are queued); otherwise such a source is refused.
     """
+    migrate(db)
     applied = []
-    with apply_lock(db):
-        migrate(db)
-        with db.connect() as conn:
-            catalog.check_database(conn)
-            for config in settings.sources:
-                source = catalog.resolve(conn, config)
-                queued = apply_source(conn, source, provider, settings, adopt)
-                conn.commit()
-                if queued:
-                    log.info("%s: %d rows queued", source.name, queued)
-                applied.append((source, queued))
+    with db.connect() as conn:
+        catalog.check_database(conn)
+        for config in settings.sources:
+            source = catalog.resolve(conn, config)  # after migrating: pgvector's schema is known now
+            queued = apply_source(conn, source, provider, settings, adopt, stopping or threading.Event())
+            if queued:
+                log.info("%s: %d rows queued", source.name, queued)
+            applied.append((source, queued))
     return applied
 
 
 def apply_source(
-    conn: psycopg.Connection, source: Source, provider: Provider, settings: Settings, adopt: bool = False
+    conn: psycopg.Connection,
+    source: Source,
+    provider: Provider,
+    settings: Settings,
+    adopt: bool,
+    stopping: threading.Event,
 ) -> int:
-    """Create or refresh one source's objects and queue its backfill once; returns rows newly queued."""
+    """Install what differs (nothing, if nothing does), then queue the backfill once; returns rows queued."""
     registration = registry.read(conn, source.name)
     if registration is not None:
         check_applied(conn, source, registration, provider, adopt)
-    tables.create_queue(conn, source)
-    if not catalog.exists(conn, source.store_schema, source.store_name):
-        tables.create_store(conn, source, provider.model_id, provider.dimensions)
-    catalog.check_store_security(conn, source)
-    new_partitions = capture.install(conn, source, settings.notify)
-    search.install(conn, source)
-    registration = registry.record(conn, source, provider.model_id, provider.dimensions)
-    queued = 0
-    if registration.definition != source.definition:  # adopting (checked above), or recorded before 0.2
-        registry.adopt(conn, source)
-        if registration.definition is not None:
-            queued += queue.enqueue_stale(conn, source)
-            log.info("%s: now embeds %s", source.name, describe(source.definition))
-    if not registration.backfilled or new_partitions:
-        queued += queue.enqueue_missing(conn, source)
-        registry.mark_backfilled(conn, source)
-    if queue.pending(conn, source, settings.index_after_rows + 1) <= settings.index_after_rows:
-        tables.ensure_index(conn, source)  # else built by the workers once the backlog has drained: 6x faster
+    objects = fingerprint(conn, source, settings.notify)
+    partitions = capture.missing_partitions(conn, source)
+    current = (
+        registration is not None
+        and not partitions
+        and _up_to_date(conn, source, registration, objects, settings.notify, search_too=True)
+    )
+    adopted = False
+    if not current:
+        install = lambda: _install(conn, source, provider, objects, settings)  # noqa: E731
+        adopted = _giving_way(conn, source, install, stopping)
+    registration = registry.read(conn, source.name)
+    assert registration is not None
+    queued = queue.enqueue(conn, source, "stale") if adopted else 0
+    if not registration.backfilled or partitions:
+        queued += queue.enqueue(conn, source, "missing")
+        with transaction(conn):
+            registry.mark_backfilled(conn, source)
+    with transaction(conn):
+        if queue.pending(conn, source, settings.index_after_rows + 1) <= settings.index_after_rows:
+            tables.ensure_index(conn, source)  # else built by the workers once the backlog has drained: 6x faster
     return queued
 
 
+def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> bool:
+    """Create or replace the source's objects in one transaction; True if a new text definition was adopted."""
+    with transaction(conn):
+        lock_applies(conn)
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(settings.lock_timeout * 1000)}ms"])
+        tables.create_queue(conn, source)
+        if not catalog.exists(conn, source.store_schema, source.store_name):
+            tables.create_store(conn, source, provider.model_id, provider.dimensions)
+        catalog.check_store_security(conn, source)
+        capture.install(conn, source, settings.notify)
+        tables.install_index_function(conn, source)
+        search.install(conn, source)
+        registration = registry.record(conn, source, provider.model_id, provider.dimensions)
+        adopted = registration.definition not in (None, source.definition)
+        if registration.definition != source.definition:
+            registry.adopt(conn, source)
+            if adopted:
+                log.info("%s: now embeds %s", source.name, describe(source.definition))
+        registry.installed(conn, source, objects)
+    return adopted
+
+
+def _giving_way(conn: psycopg.Connection, source: Source, ddl: Callable[[], T], stopping: threading.Event) -> T:
+    """Run ``ddl``; while it cannot get its locks within the lock timeout, give way and try again."""
+    attempt = 0
+    while True:
+        try:
+            return ddl()
+        except psycopg.errors.LockNotAvailable:
+            attempt += 1
+            delay = backoff(attempt, base=LOCK_RETRY_BASE, cap=LOCK_RETRY_CAP)
+            holders = catalog.lock_holders(conn, source)
+            log.warning(
+                "%s: %s is in use (%s); syncer's DDL gave way to it, retrying in %.1fs",
+                source.name,
+                source.qualified,
+                holders or "by a transaction that has since ended",
+                delay,
+            )
+            if stopping.wait(delay):
+                raise ConfigError(
+                    f"source {source.name!r}: stopped while waiting for a lock on {source.qualified}"
+                ) from None
+
+
+def fingerprint(conn: psycopg.Connection, source: Source, notify: bool) -> str:
+    """``<workers' objects>/<search function>``: digests of the per-source objects as apply renders them now.
+
+    The two halves apart: a column added to the table changes the search function only, which
+    the workers do not need (with SYNCER_APPLY=never they run on; the next apply updates it).
+    """
+    halves = (capture.render(source, notify) + tables.render(source), search.render(source))
+    return "/".join(_digest(conn, statements) for statements in halves)
+
+
+def _digest(conn: psycopg.Connection, statements: list[sql.Composed]) -> str:
+    digest = hashlib.sha256(OBJECTS_VERSION.encode())
+    for statement in statements:
+        digest.update(statement.as_string(conn).encode())
+    return digest.hexdigest()
+
+
+def _up_to_date(
+    conn: psycopg.Connection,
+    source: Source,
+    registration: Registration,
+    objects: str,
+    notify: bool,
+    *,
+    search_too: bool,
+) -> bool:
+    """Whether the recorded fingerprint and definition match, and every object is there."""
+    recorded = (registration.objects or "").split("/")
+    wanted = objects.split("/")
+    triggers, functions = capture.signatures(source, notify)
+    functions.append(tables.index_function_signature(source))
+    if search_too:
+        functions.append(search.signature(source))
+    return (
+        recorded[: len(wanted) if search_too else 1] == wanted[: len(wanted) if search_too else 1]
+        and registration.definition == source.definition
+        and catalog.installed(conn, source, triggers, functions)
+    )
+
+
 def check_applied(
-    conn: psycopg.Connection, source: Source, registration: Registration, provider: Provider, adopt: bool
+    conn: psycopg.Connection,
+    source: Source,
+    registration: Registration,
+    provider: Provider,
+    adopt: bool,
+    how: str = "run",
 ) -> None:
     """The store must suit the model, and the text definition be the applied one (or be adopted)."""
     where = f"source {source.name!r}: "
@@ -156,16 +317,16 @@ def check_applied(
     if not adopt:
         raise ConfigError(
             f"{where}the configured text ({describe(source.definition)}) differs from the applied one "
-            f"({describe(applied)}); to adopt it run `syncer apply --adopt` (rows whose text changes are "
+            f"({describe(applied)}); to adopt it {how} `syncer apply --adopt` (rows whose text changes are "
             "re-embedded; workers still on the old definition stop writing)"
         )
 
 
 def drop_source(db: Database, source: Source) -> None:
     """Remove everything syncer created for ``source``; the source table and its rows stay."""
-    with apply_lock(db), db.connect() as conn:
+    with db.connect() as conn, transaction(conn):
+        lock_applies(conn)
         capture.drop(conn, source)
         search.drop(conn, source)
         tables.drop(conn, source)
         registry.forget(conn, source)
-        conn.commit()

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .redact import mask_url, url_secrets
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME = 40  # leaves room for the suffixes of derived objects within PostgreSQL's 63 bytes
@@ -120,6 +121,18 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="PostgreSQL URL; unset starts an embedded server in data_dir"
     )
+    listen_database_url: SecretStr | None = Field(
+        None, description="a direct (unpooled) URL for LISTEN; default: SYNCER_DATABASE_URL unless that is pooled"
+    )
+    database_pooled: bool = Field(
+        False, description="SYNCER_DATABASE_URL goes through a transaction pooler (PgBouncer): never LISTEN on it"
+    )
+    apply: Literal["auto", "never"] = Field(
+        "auto", description="`syncer run` may create or update syncer's objects (auto), or only checks them (never)"
+    )
+    lock_timeout: float = Field(
+        3.0, gt=0, description="seconds a DDL statement waits for a lock on an application table before retrying"
+    )
     data_dir: Path = Path(".syncer")
     sources: Annotated[list[SourceConfig], NoDecode] = Field(default_factory=list)
     provider: str = Field("sentence-transformers", description="sentence-transformers, openai, or module:Class")
@@ -195,5 +208,19 @@ class Settings(BaseSettings):
         raise ConfigError(f"unknown source {name!r} (known: {known})")
 
     def masked(self) -> dict[str, object]:
-        """Effective settings, printable: secrets masked."""
-        return self.model_dump(mode="json") | {"database_url": "**********" if self.database_url else None}
+        """Effective settings, printable: passwords and keys masked."""
+        return self.model_dump(mode="json") | {
+            "database_url": mask_url(_secret(self.database_url)),
+            "listen_database_url": mask_url(_secret(self.listen_database_url)),
+            "openai_base_url": mask_url(self.openai_base_url),
+        }
+
+    def secrets(self) -> list[str]:
+        """Every secret a message could carry: passwords of the URLs, the API key."""
+        found = url_secrets(_secret(self.database_url)) + url_secrets(_secret(self.listen_database_url))
+        found += url_secrets(self.openai_base_url)
+        return found + ([_secret(self.openai_api_key)] if self.openai_api_key else [])  # type: ignore[list-item]
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -29,6 +29,7 @@ class Source:
     store_schema: str
     store_name: str
     queue_name: str
+    vector_schema: str | None = None  # where pgvector lives (None: not installed yet)
     partitioned: bool = False
     shadow: bool = False  # the store a re-embed is filling, beside the live one
 

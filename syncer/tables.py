@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg
 from psycopg import sql
@@ -41,17 +42,47 @@ def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimens
     )
 
 
+def index_parts(source: Source) -> dict[str, sql.Composable]:
+    qualified = sql.Identifier(source.store_schema, source.index_name).as_string(None)
+    return fragments.parts(source) | {
+        "index_fn": sql.Identifier(SYNCER_SCHEMA, f"{source.name}_index_v1"),
+        "index": sql.Identifier(source.index_name),
+        "index_name": sql.Literal(qualified),
+    }
+
+
+def render(source: Source) -> list[sql.Composed]:
+    """What apply renders beyond creating the tables: the queue's newer columns, the index function."""
+    return [
+        query("tables", "queue_dead_letters", queue=source.queue),
+        query("tables", "index_function", **index_parts(source)),
+    ]
+
+
+def index_function_signature(source: Source) -> str:
+    return sql.SQL("{}()").format(index_parts(source)["index_fn"]).as_string(None)
+
+
+def install_index_function(conn: psycopg.Connection, source: Source) -> None:
+    """The owner's function through which workers build the store's index (they do not own the store)."""
+    conn.execute(query("tables", "index_function", **index_parts(source)))
+
+
 def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
     """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
     if catalog.exists(conn, source.store_schema, source.index_name):
         return False
-    row = conn.execute(query("tables", "try_lock"), {"key": source.index_name}).fetchone()
-    if not (row and row[0]) or catalog.exists(conn, source.store_schema, source.index_name):
-        return False
-    log.info("building hnsw index %s on %s", source.index_name, source.qualified_store)
-    conn.execute(query("tables", "create_index", store=source.store, index=sql.Identifier(source.index_name)))
+    started = time.monotonic()
+    if source.shadow:  # a re-embed's shadow store: its owner builds the index itself
+        conn.execute(query("tables", "create_index", **index_parts(source)))
+    else:
+        row = conn.execute(query("tables", "build_index", **index_parts(source))).fetchone()
+        if not (row and row[0]):
+            return False
+    seconds = time.monotonic() - started
+    log.info("built hnsw index %s on %s in %.1fs", source.index_name, source.qualified_store, seconds)
     return True
 
 
 def drop(conn: psycopg.Connection, source: Source) -> None:
-    conn.execute(query("tables", "drop", queue=source.queue, store=source.store))
+    conn.execute(query("tables", "drop", **index_parts(source)))

@@ -36,6 +36,9 @@ class Wakeup:
 
     def start(self) -> None:
         self._scheduler.start()
+        if self.db.listen_url is None:
+            log.info("no direct connection to LISTEN on (SYNCER_DATABASE_POOLED): polling only")
+            return
         self._thread.start()
 
     def close(self) -> None:
@@ -49,7 +52,7 @@ class Wakeup:
         failures = 0
         while not self._closed.is_set():
             try:
-                with self.db.connect(autocommit=True, vector=False) as conn:
+                with self.db.connect(vector=False, url=self.db.listen_url) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
                     self.listening.set()

@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 
 from . import embedding, queue, report, tables
-from .database import Database
+from .database import Database, transaction
 from .errors import ProviderError
 from .leases import Leases
 from .progress import Progress
@@ -39,6 +39,7 @@ class WorkerOptions:
     lease_seconds: float = 60.0
     max_batch_seconds: float = 1800.0
     poll_interval: float = 5.0
+    lock_timeout: float = 2.0
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
 
@@ -50,6 +51,7 @@ class WorkerOptions:
             lease_seconds=settings.lease_seconds,
             max_batch_seconds=settings.max_batch_seconds,
             poll_interval=settings.poll_interval,
+            lock_timeout=settings.lock_timeout,
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
         )
@@ -170,7 +172,8 @@ class Worker:
     def _settle(
         self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict[int, np.ndarray], errors: dict[int, str]
     ) -> int:
-        outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, self.options.failures)
+        o = self.options
+        outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, o.failures, o.lock_timeout)
         self.leases.done(batch)
         self.embedded += outcome.stored
         log.debug("%s: %s", batch.source.name, outcome)
@@ -184,7 +187,7 @@ class Worker:
         for source in self.sources:
             if source.name in self._indexed:
                 continue
-            with conn.transaction():
+            with transaction(conn):
                 if queue.busy(conn, source):
                     continue
                 tables.ensure_index(conn, source)

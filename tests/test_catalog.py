@@ -50,7 +50,7 @@ def test_rows_hidden_by_row_level_security_are_never_taken_for_deleted(
         with worker_db.connect() as worker_conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             queue.claim(worker_conn, source, provider.model_id, 10, 10**6, 60)
         with worker_db.connect() as worker_conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-            queue.enqueue_stale(worker_conn, source)  # `syncer backfill`
+            queue.enqueue(worker_conn, source, "stale")  # `syncer backfill`
     assert sorted(stored(conn)) == [1, 2, 3, 4]
 
 

@@ -33,7 +33,7 @@ def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
         assert conn.execute("SELECT to_regclass('syncer.sources')").fetchone() == (None,)
     schema.migrate(db)
     with psycopg.connect(empty_db_url) as conn:
-        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0003",)
+        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0004",)
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
 
 

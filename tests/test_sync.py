@@ -144,7 +144,7 @@ def test_reconcile_finds_changes_that_bypassed_the_triggers(
 
     db = Database.from_settings(settings)
     with db.connect() as c:
-        assert queue.enqueue_stale(c, catalog.resolve(c, settings.sources[0])) == 2
+        assert queue.enqueue(c, catalog.resolve(c, settings.sources[0]), "stale") == 2
         c.commit()
     sync_once(settings, minilm)
     after = stored(conn)

@@ -169,7 +169,7 @@ def test_two_workers_share_the_queue_and_never_write_the_same_row(conn: psycopg.
     wait_for(lambda: conn.execute("SELECT to_regclass('public.docs_embeddings')").fetchone()[0], timeout=30)
     conn.execute(
         "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "INSERT INTO writes VALUES (NEW.id, current_setting('application_name')); RETURN NULL; END $$"
+        "INSERT INTO public.writes VALUES (NEW.id, current_setting('application_name')); RETURN NULL; END $$"
     )
     conn.execute("CREATE TRIGGER audit AFTER INSERT OR UPDATE ON docs_embeddings FOR EACH ROW EXECUTE FUNCTION audit()")
     for worker in workers:

@@ -1,6 +1,7 @@
 -- name: capture
 -- Row triggers: record the changed key (and the old key of a deleted or re-keyed row); a new change of a
--- failing or dead key starts it afresh.
+-- failing or dead key starts it afresh. CREATE OR REPLACE TRIGGER takes SHARE ROW EXCLUSIVE on the table
+-- (readers never wait for it, nor it for them), where DROP TRIGGER would take ACCESS EXCLUSIVE.
 CREATE OR REPLACE FUNCTION {capture_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -24,11 +25,9 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION {capture_fn}() FROM PUBLIC;
-DROP TRIGGER IF EXISTS {rows_trigger} ON {table};
-CREATE TRIGGER {rows_trigger} AFTER INSERT OR DELETE ON {table}
+CREATE OR REPLACE TRIGGER {rows_trigger} AFTER INSERT OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION {capture_fn}();
-DROP TRIGGER IF EXISTS {updates_trigger} ON {table};
-CREATE TRIGGER {updates_trigger} AFTER UPDATE OF {watched} ON {table}
+CREATE OR REPLACE TRIGGER {updates_trigger} AFTER UPDATE OF {watched} ON {table}
     FOR EACH ROW WHEN (ROW({old_watched}) IS DISTINCT FROM ROW({new_watched}))
     EXECUTE FUNCTION {capture_fn}();
 
@@ -42,8 +41,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION {truncate_fn}() FROM PUBLIC;
-DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
-CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
+CREATE OR REPLACE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
 
 -- name: partition_truncate
@@ -84,8 +82,7 @@ CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {partition}
 
 -- name: notify
 -- One NOTIFY per statement (constant payload: the source name) wakes the workers.
-DROP TRIGGER IF EXISTS {notify_trigger} ON {table};
-CREATE TRIGGER {notify_trigger} AFTER INSERT OR DELETE OR UPDATE OF {watched} ON {table}
+CREATE OR REPLACE TRIGGER {notify_trigger} AFTER INSERT OR DELETE OR UPDATE OF {watched} ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION syncer.notify_v1({name});
 
 -- name: drop_notify

@@ -71,3 +71,30 @@ SELECT a.atttypmod
 FROM pg_attribute a
 WHERE a.attrelid = to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(%(name)s))
   AND a.attname = 'embedding' AND NOT a.attisdropped
+
+-- name: vector_schema
+-- The schema pgvector lives in (NULL: not installed yet); its type, operators and opclasses are named with it.
+SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'
+
+-- name: migrated
+-- Whether syncer's migrations were ever run here.
+SELECT to_regclass('syncer.alembic_version') IS NOT NULL
+
+-- name: migration
+-- The revision syncer's own schema is at.
+SELECT version_num FROM syncer.alembic_version
+
+-- name: installed
+-- Whether all of a source's objects exist (someone may have dropped one by hand).
+SELECT to_regclass(%(queue)s) IS NOT NULL AND to_regclass(%(store)s) IS NOT NULL
+   AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%(table)s) AND tgname = ANY(%(triggers)s))
+       = cardinality(%(triggers)s::text[])
+   AND NOT EXISTS (SELECT FROM unnest(%(functions)s::text[]) f WHERE to_regprocedure(f) IS NULL)
+
+-- name: lock_holders
+-- Who holds a lock on a table that syncer's DDL waits for (for the log line that says it gave way).
+SELECT string_agg(format('pid %%s of %%s, in a transaction for %%s', a.pid, a.usename,
+                         date_trunc('second', now() - a.xact_start)), '; ')
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.relation IN (to_regclass(%(table)s), to_regclass(%(queue)s)) AND l.granted AND l.pid <> pg_backend_pid()
+  AND l.mode <> 'AccessShareLock'

@@ -1,23 +1,30 @@
--- name: enqueue_missing
--- Backfill: queue every row that has text but no vector yet.
-INSERT INTO {queue} ({keys})
-SELECT {t_keys} FROM {table} t
-WHERE {text} IS NOT NULL AND NOT EXISTS (SELECT FROM {store} e WHERE {t_is_e})
-ON CONFLICT DO NOTHING
-
--- name: enqueue_stale
--- Reconcile: queue every row with text whose vector is missing or was made from other text.
-INSERT INTO {queue} ({keys})
-SELECT {t_keys} FROM {table} t LEFT JOIN {store} e ON {t_is_e}
-WHERE {text} IS NOT NULL AND e.content_hash IS DISTINCT FROM sha256(convert_to({text}, 'UTF8'))
-ON CONFLICT DO NOTHING
+-- name: enqueue_rows
+-- Backfill or reconcile, one keyset batch: the next %(limit)s rows of the table after the last key seen, in
+-- key order; queue those with text and no vector (or, reconciling, a vector of other text). Returns how many were queued and the last key
+-- seen (no row: the table is done). Each batch commits: a writer never waits long on a queue row.
+WITH batch AS (
+    SELECT {t_keys}, {text} AS text FROM {table} t WHERE {after} ORDER BY {t_keys} LIMIT %(limit)s
+), queued AS (
+    INSERT INTO {queue} ({keys})
+    SELECT {b_keys} FROM batch b LEFT JOIN {store} e ON {b_is_e}
+    WHERE b.text IS NOT NULL AND {wanted_test}
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
 
 -- name: enqueue_orphans
--- Vectors whose row is gone (e.g. deleted while the triggers were off).
-INSERT INTO {queue} ({keys})
-SELECT {e_keys} FROM {store} e
-WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_e})
-ON CONFLICT DO NOTHING
+-- Reconcile, one keyset batch of the store: queue stored keys whose row is gone (deleted while the triggers
+-- were off, say). Returns how many were queued and the last key seen.
+WITH batch AS (
+    SELECT {e_keys} FROM {store} e WHERE {after} ORDER BY {e_keys} LIMIT %(limit)s
+), queued AS (
+    INSERT INTO {queue} ({keys})
+    SELECT {b_keys} FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
 
 -- name: claim
 -- Lease ready keys, oldest change first, up to %(limit)s rows and %(bytes)s bytes of text (at least one row);
@@ -60,7 +67,7 @@ RETURNING q.seq
 -- name: store
 -- Upsert vectors still ours (lease held, seq unchanged) whose row still has the embedded text; ack them.
 WITH input AS (
-    SELECT * FROM unnest(%(seqs)s::bigint[], %(hashes)b::bytea[], %(embeddings)b::vector[]) AS i(seq, hash, embedding)
+    SELECT * FROM unnest(%(seqs)s::bigint[], %(hashes)b::bytea[], %(embeddings)b::{vector}[]) AS i(seq, hash, embedding)
 ), owned AS (
     SELECT q.seq, {q_keys} FROM {queue} q
     WHERE q.seq = ANY(%(seqs)s) AND q.lease_token = %(token)s

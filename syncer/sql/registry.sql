@@ -1,7 +1,11 @@
 -- name: read
--- What the registry remembers of a source; FOR SHARE (in a settle) holds off a switch or an adoption meanwhile.
-SELECT name, model, dimensions, definition, backfilled_at IS NOT NULL, reembed_model, reembed_dimensions
+-- What the registry remembers of a source.
+SELECT name, model, dimensions, definition, backfilled_at IS NOT NULL, reembed_model, reembed_dimensions, objects
 FROM syncer.sources WHERE name = %(name)s
+
+-- name: fence
+-- The applied model(s) and definition, locked FOR SHARE until the settle commits (a switch or adoption waits).
+SELECT model, reembed_model, definition FROM syncer.applied_v1(%(name)s)
 
 -- name: record
 -- Record a source the first time it is applied: its model and text definition.
@@ -12,6 +16,10 @@ ON CONFLICT (name) DO NOTHING
 -- name: adopt
 -- The source's text definition is now this one (a source recorded before 0.2 gets its first).
 UPDATE syncer.sources SET definition = %(definition)s, config = %(config)s WHERE name = %(name)s
+
+-- name: installed
+-- The fingerprint of the objects apply installed for the source (unchanged next time: no DDL at all).
+UPDATE syncer.sources SET objects = %(objects)s WHERE name = %(name)s
 
 -- name: mark_backfilled
 -- The source's existing rows are queued: later runs only follow changes.

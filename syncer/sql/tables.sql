@@ -27,7 +27,7 @@ SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = %(oid)s AND a
 -- The embedding store: the source's key, its vector, and what it was made from.
 CREATE TABLE {store} AS SELECT {keys} FROM {table} WITH NO DATA;
 ALTER TABLE {store}
-    ADD COLUMN embedding vector({dimensions}) NOT NULL,
+    ADD COLUMN embedding {vector}({dimensions}) NOT NULL,
     ADD COLUMN content_hash bytea NOT NULL,
     ADD COLUMN model text NOT NULL,
     ADD COLUMN embedded_at timestamptz NOT NULL DEFAULT now(),
@@ -35,15 +35,31 @@ ALTER TABLE {store}
     -- One store, one model: a worker still running another model cannot write here.
     ADD CONSTRAINT {model_constraint} CHECK (model = {model});
 
--- name: try_lock
--- One worker at a time builds a given index; the others go on.
-SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))
+-- name: index_function
+-- The owner's way for workers to build the store's HNSW index once a large backfill has drained, without
+-- owning the store: one builder at a time (the others go on), nothing if it exists; true if built now.
+CREATE OR REPLACE FUNCTION {index_fn}() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass({index_name}) IS NOT NULL OR NOT pg_try_advisory_xact_lock(hashtext({index_name})) THEN
+        RETURN false;
+    END IF;
+    CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION {index_fn}() FROM PUBLIC
+
+-- name: build_index
+-- Build the store's HNSW index through the owner's function.
+SELECT {index_fn}()
 
 -- name: create_index
--- Cosine HNSW index on the store, for the search function.
-CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding vector_cosine_ops)
+-- Cosine HNSW index on a store (a re-embed's shadow store, built by its owner).
+CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops})
 
 -- name: drop
--- Remove the source's queue and store (the source table itself is left alone).
+-- Remove the source's queue, store and index function (the source table itself is left alone).
+DROP FUNCTION IF EXISTS {index_fn}();
 DROP TABLE IF EXISTS {queue};
 DROP TABLE IF EXISTS {store}
