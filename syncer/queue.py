@@ -218,14 +218,18 @@ def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
 
 
 def enqueue(
-    conn: psycopg.Connection, source: Source, kind: Literal["missing", "stale"], batch_rows: int | None = BATCH_ROWS
+    conn: psycopg.Connection, source: Source, kind: Literal["missing", "stale"], *, batched: bool = True
 ) -> int:
     """Queue the rows whose vector is missing (the backfill), or missing or stale and then the orphaned
-    vectors (reconcile: converges after changes that bypassed the triggers). In keyset batches of
-    ``batch_rows`` that each commit, unless ``conn`` is in a transaction already; returns rows queued."""
-    queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind]}, batch_rows)
+    vectors (reconcile: converges after changes that bypassed the triggers); returns rows queued.
+
+    ``batched``: in keyset batches of ``BATCH_ROWS`` that each commit (unless ``conn`` is in a
+    transaction already); else in one statement.
+    """
+    rows = BATCH_ROWS if batched else None
+    queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind]}, rows)
     if kind == "stale":
-        queued += _keyset(conn, source, "enqueue_orphans", "e", {}, batch_rows)
+        queued += _keyset(conn, source, "enqueue_orphans", "e", {}, rows)
     return queued
 
 

@@ -96,7 +96,7 @@ def _switch(conn: psycopg.Connection, source: Source, shadow: Source) -> None:
     # settle of an old-model worker finds the new model there and stops (no lock-order deadlock).
     conn.execute(query("reembed", "finish"), {"name": source.name})
     # Rows edited since the last catch-up go to the live queue: the new model's workers embed them.
-    queue.enqueue(conn, shadow.with_queue(source.queue_name), "stale", batch_rows=None)
+    queue.enqueue(conn, shadow.with_queue(source.queue_name), "stale", batched=False)
     store = source.store.as_string(None)
     params = {"store": store, "target": store, "schema": source.store_schema, "name": source.store_name}
     carried = [row[0] for row in conn.execute(query("reembed", "carried"), params)]

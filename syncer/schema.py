@@ -177,15 +177,13 @@ def apply_source(
         check_applied(conn, source, registration, provider, adopt)
     objects = fingerprint(conn, source, settings.notify)
     partitions = capture.missing_partitions(conn, source)
-    current = (
-        registration is not None
-        and not partitions
-        and _up_to_date(conn, source, registration, objects, settings.notify, search_too=True)
-    )
+    current = registration is not None and _up_to_date(conn, source, registration, objects, settings.notify)
     adopted = False
-    if not current:
+    if not current or partitions:
         install = lambda: _install(conn, source, provider, objects, settings)  # noqa: E731
         adopted = _giving_way(conn, source, install, stopping)
+    elif not _up_to_date(conn, source, registration, objects, settings.notify, search_too=True):
+        _install_search(conn, source, objects)  # the table's columns changed: its search function only
     registration = registry.read(conn, source.name)
     assert registration is not None
     queued = queue.enqueue(conn, source, "stale") if adopted else 0
@@ -219,6 +217,13 @@ def _install(conn: psycopg.Connection, source: Source, provider: Provider, objec
                 log.info("%s: now embeds %s", source.name, describe(source.definition))
         registry.installed(conn, source, objects)
     return adopted
+
+
+def _install_search(conn: psycopg.Connection, source: Source, objects: str) -> None:
+    with transaction(conn):
+        lock_applies(conn)
+        search.install(conn, source)
+        registry.installed(conn, source, objects)
 
 
 def _giving_way(conn: psycopg.Connection, source: Source, ddl: Callable[[], T], stopping: threading.Event) -> T:
@@ -268,7 +273,7 @@ def _up_to_date(
     objects: str,
     notify: bool,
     *,
-    search_too: bool,
+    search_too: bool = False,
 ) -> bool:
     """Whether the recorded fingerprint and definition match, and every object is there."""
     recorded = (registration.objects or "").split("/")

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         "auto", description="`syncer run` may create or update syncer's objects (auto), or only checks them (never)"
     )
     lock_timeout: float = Field(
-        3.0, gt=0, description="seconds a DDL statement waits for a lock on an application table before retrying"
+        2.0, gt=0, description="seconds DDL (and a settle) waits for a lock before giving way and retrying"
     )
     data_dir: Path = Path(".syncer")
     sources: Annotated[list[SourceConfig], NoDecode] = Field(default_factory=list)

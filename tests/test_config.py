@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import psycopg
 import pytest
@@ -124,3 +125,44 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_source_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="repeated: docs"):
         Settings(sources=[{"table": "a.docs", "columns": ["x"]}, {"table": "b.docs", "columns": ["x"]}])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:se%cret@127.0.0.1:1/app?connect_timeout=2",  # libpq quotes it in its parse error
+        "postgresql://app:s3cret@127.0.0.1:1/app?connect_timeout=2",
+        "host=127.0.0.1 port=1 user=app password=s3cret connect_timeout=2",
+    ],
+)
+def test_connection_errors_never_echo_a_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    env = {"SYNCER_DATABASE_URL": url, "SYNCER_SOURCES": json.dumps([{"table": "docs", "columns": ["body"]}])}
+    code, err = run_cli(monkeypatch, capsys, env, "status")
+    assert code == 2 and err.startswith("syncer: ")
+    assert "cret" not in err, err
+
+
+def test_config_masks_every_credential(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {
+        "SYNCER_DATABASE_URL": "postgresql://app:db-secret@db/app",
+        "SYNCER_LISTEN_DATABASE_URL": "postgresql://app:listen-secret@db:5432/app",
+        "SYNCER_OPENAI_BASE_URL": "https://user:url-secret@llm.internal/v1",
+        "SYNCER_OPENAI_API_KEY": "sk-key-secret",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "secret" not in json.dumps(printed)
+    assert printed["openai_base_url"] == "https://user:****@llm.internal/v1"
+    assert printed["database_url"] == "postgresql://app:****@db/app"
+
+
+def test_logs_never_carry_a_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from syncer.redact import Redactor
+
+    redactor = Redactor(["db-secret", "sk-key"])
+    record = logging.LogRecord("syncer", logging.WARNING, __file__, 1, "failed: %s", ("password=db-secret",), None)
+    assert redactor.filter(record) and record.getMessage() == "failed: password=****"
