@@ -177,9 +177,8 @@ def apply_source(
         check_applied(conn, source, registration, provider, adopt)
     objects = fingerprint(conn, source, settings.notify)
     partitions = capture.missing_partitions(conn, source)
-    current = registration is not None and _up_to_date(conn, source, registration, objects, settings.notify)
     adopted = False
-    if not current or partitions:
+    if registration is None or partitions or not _up_to_date(conn, source, registration, objects, settings.notify):
         install = lambda: _install(conn, source, provider, objects, settings)  # noqa: E731
         adopted = _giving_way(conn, source, install, stopping)
     elif not _up_to_date(conn, source, registration, objects, settings.notify, search_too=True):
