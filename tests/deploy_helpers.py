@@ -1,4 +1,4 @@
-"""Readers for the deployment files that tests/test_deploy.py checks: a Dockerfile's stages, .dockerignore,
+"""Readers for the deployment files that tests/test_deploy*.py check: a Dockerfile's stages, .dockerignore,
 PromQL's metric names, and CRD schemas made strict the way the API server's strict field validation is."""
 
 from __future__ import annotations
@@ -6,13 +6,40 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import functools
+import importlib.util
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import promql_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+# The database roles of docker/compose.yml and docker/kubernetes (created by docker/initdb/10-roles.sh).
+WORKER_ROLE, OWNER_ROLE, READER_ROLE = "syncer_worker", "syncer_owner", "app_reader"
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure, the assertion shows what it printed."""
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+docker_requirements = _load(DOCKER / "requirements.py")  # the Dockerfile's requirements from pyproject.toml
 
 # ------------------------------------------------------------------------------------------------ Dockerfile
 
@@ -68,6 +95,13 @@ def stage_chain(stages: list[Stage], name: str) -> list[Stage]:
     while chain[0].base in by_name:
         chain.insert(0, by_name[chain[0].base])
     return chain
+
+
+@functools.cache
+def image_env(target: str) -> dict[str, str]:
+    """The ENV an image target of docker/Dockerfile ends with."""
+    stages = dockerfile_stages((DOCKER / "Dockerfile").read_text())
+    return {k: v for stage in stage_chain(stages, target) for k, v in stage.env().items()}
 
 
 def pip_installs(run_args: str) -> list[list[str]]:
