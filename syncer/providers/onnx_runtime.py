@@ -80,7 +80,7 @@ def require(*modules: str, extra: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ConfigError(f"{module} is not installed ({exc}): pip install 'syncer[{extra}]'") from None
+            raise ConfigError(f"{module} is not installed ({exc}): pip install 'pgsyncer[{extra}]'") from None
 
 
 class OnnxModel:

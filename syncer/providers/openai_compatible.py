@@ -80,7 +80,7 @@ class OpenAIProvider:
             import openai
             import tiktoken
         except ImportError:
-            raise ConfigError("provider 'openai' is not installed: pip install 'syncer[openai]'") from None
+            raise ConfigError("provider 'openai' is not installed: pip install 'pgsyncer[openai]'") from None
         self.errors = openai
         self.model = options.model or DEFAULT_MODEL
         self.requested_dimensions = options.dimensions

@@ -152,7 +152,7 @@ def load_sentence_transformer(name: str, path: str, device: str, for_export: boo
         from transformers.utils import logging as transformers_logging
     except ImportError as exc:
         extra = "onnx" if for_export else "local"
-        raise ConfigError(f"sentence-transformers is not installed ({exc}): pip install 'syncer[{extra}]'") from None
+        raise ConfigError(f"sentence-transformers is not installed ({exc}): pip install 'pgsyncer[{extra}]'") from None
     log.info("loading model %s from %s", name, path)
     transformers_logging.disable_progress_bar()
     # Eager attention exports to a leaner graph than SDPA: onnxruntime ran it 1.1x (fp32), 1.25x (int8) faster.
