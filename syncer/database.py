@@ -77,7 +77,9 @@ class Database:
             listen = None  # LISTEN does not work through a transaction pooler: poll only
         return cls(url, settings.application_name, listen)
 
-    def connect(self, *, autocommit: bool = True, vector: bool = True, url: str | None = None) -> psycopg.Connection:
+    def connect(
+        self, *, autocommit: bool = True, vector: bool = True, url: str | None = None, **options: Any
+    ) -> psycopg.Connection:
         """A connection in autocommit mode: syncer's transactions are explicit (``transaction``)."""
         try:
             conn = psycopg.connect(
@@ -85,7 +87,7 @@ class Database:
                 autocommit=autocommit,
                 application_name=self.application_name,
                 prepare_threshold=None,  # server-side prepared statements break transaction pooling
-                **KEEPALIVES,
+                **(KEEPALIVES | options),
             )
         except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
             raise ConfigError(f"the database URL is not valid: {redact(str(exc).strip(), self.secrets)}") from None

@@ -109,7 +109,8 @@ def demo(settings: Settings, rows: int) -> int:
 def _show_status(db: Database, source_list: list[Source]) -> None:
     with db.connect() as conn:
         s = report.status(conn, source_list[0])
-    print(f"   rows {s.rows}, embedded {s.embedded}, queued {s.queued}, failing {s.failing}, dead {s.dead}")
+    q = s.queue
+    print(f"   rows {s.rows}, embedded {s.embedded}, queued {q.pending}, failing {q.failing}, dead {q.dead}")
 
 
 def _show_searches(db: Database, source: Source, provider: Provider) -> None:

@@ -12,11 +12,13 @@ No database here. Classified once:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from . import metrics
 from .errors import ProviderError, ProviderFatal, row_error
 from .providers import Fits, Provider
 
@@ -38,24 +40,28 @@ def embed(
     texts: list[str],
     labels: list[str] | None = None,
     on_too_long: Literal["truncate", "error"] = "truncate",
+    name: str = "provider",
 ) -> Embedded:
-    """Embed ``texts`` (``labels`` name their rows in messages).
+    """Embed ``texts`` (``labels`` name their rows in messages; ``name`` the provider in metrics).
 
     Texts over the provider's input limit are cut with a warning, or recorded as errors.
     """
     labels = labels or [str(i) for i in range(len(texts))]
     result = Embedded()
-    fitted = _fit(provider, texts, labels, on_too_long, result)
-    _embed_part(provider, fitted, [i for i in range(len(texts)) if i not in result.errors], result)
+    fitted = _fit(provider, texts, labels, on_too_long, result, name)
+    _embed_part(provider, fitted, [i for i in range(len(texts)) if i not in result.errors], result, name)
     return result
 
 
-def _fit(provider: Provider, texts: list[str], labels: list[str], on_too_long: str, result: Embedded) -> list[str]:
+def _fit(
+    provider: Provider, texts: list[str], labels: list[str], on_too_long: str, result: Embedded, name: str
+) -> list[str]:
     if not isinstance(provider, Fits):
         return texts
-    fitted, cut = [], []
+    fitted, cut, sent = [], [], 0
     for position, text in enumerate(texts):
         fitted_text, tokens = provider.fit(text)
+        sent += min(tokens, provider.max_input_tokens)
         if tokens > provider.max_input_tokens:
             if on_too_long == "error":
                 limit = f"{provider.model_id} takes at most {provider.max_input_tokens}"
@@ -63,6 +69,7 @@ def _fit(provider: Provider, texts: list[str], labels: list[str], on_too_long: s
             else:
                 cut.append(f"{labels[position]} {tokens} tokens")
         fitted.append(fitted_text)
+    metrics.TOKENS.labels(name).inc(sent)
     if cut:  # one line per window, not one per row: long documents are common
         more = f" and {len(cut) - NAMED_ROWS} more" if len(cut) > NAMED_ROWS else ""
         log.warning(
@@ -75,28 +82,43 @@ def _fit(provider: Provider, texts: list[str], labels: list[str], on_too_long: s
     return fitted
 
 
-def _embed_part(provider: Provider, texts: list[str], positions: list[int], result: Embedded) -> None:
+def _embed_part(provider: Provider, texts: list[str], positions: list[int], result: Embedded, name: str) -> None:
     if not positions:
         return
+    started = time.perf_counter()
     try:
         answer = provider.embed_documents([texts[i] for i in positions])
-    except (ProviderError, ProviderFatal):
+    except (ProviderError, ProviderFatal) as exc:
+        _count(provider, name, "fatal" if isinstance(exc, ProviderFatal) else "error")
         raise
     except Exception as exc:  # the provider's own failure for this input: isolate it
+        _count(provider, name, "rejected")
         if len(positions) == 1:
             result.errors[positions[0]] = row_error(exc)
             log.warning("row rejected by %s: %s", provider.model_id, result.errors[positions[0]])
             return
         middle = len(positions) // 2
-        _embed_part(provider, texts, positions[:middle], result)
-        _embed_part(provider, texts, positions[middle:], result)
+        _embed_part(provider, texts, positions[:middle], result, name)
+        _embed_part(provider, texts, positions[middle:], result, name)
         return
-    vectors = checked(provider, answer, len(positions))
+    metrics.EMBED_SECONDS.labels(name).observe(time.perf_counter() - started)
+    try:
+        vectors = checked(provider, answer, len(positions))
+    except (ProviderError, ProviderFatal):
+        _count(provider, name, "malformed")
+        raise
+    _count(provider, name, "ok")
     for position, vector, problem in zip(positions, vectors, unusable(vectors), strict=True):
         if problem:
             result.errors[position] = problem
         else:
             result.vectors[position] = vector
+
+
+def _count(provider: Provider, name: str, outcome: str) -> None:
+    """One provider call, unless the provider counts its own requests (the OpenAI one counts HTTP requests)."""
+    if not getattr(provider, "counts_requests", False):
+        metrics.PROVIDER_REQUESTS.labels(name, outcome).inc()
 
 
 def checked(provider: Provider, answer: object, count: int) -> np.ndarray:

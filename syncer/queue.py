@@ -85,10 +85,20 @@ class Outcome:
     dead: int = 0
     released: int = 0
     taken: int = 0  # keys whose lease ran out and another worker took
+    ages: tuple[float, ...] = ()  # seconds since each stored, removed or unchanged key was queued
 
     @property
     def settled(self) -> int:
         return self.stored + self.removed + self.unchanged + self.failed + self.dead
+
+    @property
+    def done(self) -> int:
+        """Keys off the queue, or given up on (a failed key comes back)."""
+        return self.stored + self.removed + self.unchanged + self.dead
+
+    def counts(self) -> dict[str, int]:
+        outcomes = ("stored", "removed", "unchanged", "failed", "dead")
+        return {name: getattr(self, name) for name in outcomes}
 
 
 def plan(source: Source, token: uuid.UUID, changes: list[Change], model_id: str) -> Batch:
@@ -160,9 +170,9 @@ def settle(
         released = {row[0] for row in _run(conn, batch, "release", rest, {})}
         taken = _taken(conn, batch, [seq for seq in rest if seq not in released])
     dead = sum(1 for _, is_dead in done["fail"] if is_dead)
-    return Outcome(
-        len(done["store"]), len(done["unstore"]), len(done["ack"]), len(done["fail"]) - dead, dead, len(released), taken
-    )
+    ages = tuple(row[1] for block in ("store", "unstore", "ack") for row in done[block])
+    counts = len(done["store"]), len(done["unstore"]), len(done["ack"]), len(done["fail"]) - dead, dead
+    return Outcome(*counts, len(released), taken, ages)
 
 
 def _run(

@@ -1,35 +1,74 @@
-"""What `syncer status` shows, and the plain text tables the CLI prints."""
+"""What `syncer status` and the metrics report: rows, vectors and the queue by state, without scanning a large table.
+
+Row counts of the source and the store come from the planner's statistics once a table is large
+(``EXACT_BELOW`` rows), and are counted exactly below that; the queue is always counted (one scan).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from . import fragments
 from .database import transaction
 from .queries import query
 from .sources import Source
+
+EXACT_BELOW = 100_000  # tables with fewer rows (by the planner's estimate) are counted exactly
+
+
+@dataclass(frozen=True)
+class QueueState:
+    ready: int
+    leased: int
+    backoff: int
+    dead: int
+    failing: int  # not dead, failed at least once (ready or backing off again)
+    oldest_seconds: float | None  # the oldest change still pending (dead rows excluded)
+    last_error: str | None
+
+    @property
+    def pending(self) -> int:
+        return self.ready + self.leased + self.backoff
 
 
 @dataclass(frozen=True)
 class Status:
     source: str
-    rows: int
-    embedded: int
-    queued: int  # waiting, failing ones included; dead ones apart
-    failing: int
-    dead: int
-    oldest_seconds: float | None  # the oldest change still pending (dead rows excluded)
-    last_error: str | None
+    rows: int | None
+    rows_estimated: bool
+    embedded: int | None
+    embedded_estimated: bool
+    queue: QueueState
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self) | {"queue": asdict(self.queue) | {"pending": self.queue.pending}}
+
+
+def queue_state(conn: psycopg.Connection, source: Source) -> QueueState:
+    with transaction(conn):
+        row = conn.execute(query("report", "queue_state", queue=source.queue)).fetchone()
+    assert row is not None
+    return QueueState(*row)
 
 
 def status(conn: psycopg.Connection, source: Source) -> Status:
+    rows, rows_estimated = _rows(conn, source.table)
+    embedded, embedded_estimated = _rows(conn, source.store)
+    return Status(source.name, rows, rows_estimated, embedded, embedded_estimated, queue_state(conn, source))
+
+
+def _rows(conn: psycopg.Connection, table: sql.Identifier) -> tuple[int | None, bool]:
+    """(rows, estimated): the planner's estimate of a large table, an exact count of a small one."""
     with transaction(conn):
-        row = conn.execute(query("report", "status", **fragments.parts(source))).fetchone()
-    assert row is not None
-    return Status(source.name, *row)
+        row = conn.execute(query("report", "estimate"), {"table": table.as_string(None)}).fetchone()
+        estimate = row[0] if row else None
+        if estimate is not None and estimate >= EXACT_BELOW:
+            return int(estimate), True
+        counted = conn.execute(query("report", "count", table=table)).fetchone()
+    return (int(counted[0]) if counted else None), False
 
 
 def queued(conn: psycopg.Connection, source: Source) -> int:

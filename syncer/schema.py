@@ -158,7 +158,7 @@ def apply(
             source = catalog.resolve(conn, config)  # after migrating: pgvector's schema is known now
             queued = apply_source(conn, source, provider, settings, adopt, stopping or threading.Event())
             if queued:
-                log.info("%s: %d rows queued", source.name, queued)
+                log.info("%s: %d rows queued", source.name, queued, extra={"source": source.name})
             applied.append((source, queued))
     return applied
 

@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
     application_name: str = "syncer"
+    http_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics, /healthz and /readyz on this port (unset: no endpoint)"
+    )
+    http_host: str = Field("127.0.0.1", description="address the HTTP endpoint binds (0.0.0.0 in containers)")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="-v sets DEBUG")
 
     @field_validator("sources", mode="before")
     @classmethod

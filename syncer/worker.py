@@ -17,9 +17,10 @@ from typing import Literal
 import numpy as np
 import psycopg
 
-from . import embedding, queue, report, tables
+from . import embedding, metrics, queue, report, tables
 from .database import Database, transaction
 from .errors import ProviderError
+from .http import Health
 from .leases import Leases
 from .progress import Progress
 from .providers import Provider
@@ -42,6 +43,7 @@ class WorkerOptions:
     lock_timeout: float = 2.0
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
+    provider_name: str = "provider"  # its label in metrics
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
@@ -54,6 +56,7 @@ class WorkerOptions:
             lock_timeout=settings.lock_timeout,
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
+            provider_name=settings.provider,
         )
 
 
@@ -65,12 +68,14 @@ class Worker:
         source_list: list[Source],
         options: WorkerOptions,
         progress: dict[str, Progress] | None = None,
+        health: Health | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
         self.sources = source_list
         self.options = options
         self.progress = progress or {}
+        self.health = health or Health(options.max_batch_seconds)
         self.wakeup = Wakeup(db, options.poll_interval)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
@@ -98,6 +103,7 @@ class Worker:
                     self._serve(once)
                     return
                 except (psycopg.OperationalError, ProviderError) as exc:
+                    self.health.waiting()  # backing off is no sign of a stuck loop
                     self.leases.give_back()
                     self._failures += 1
                     delay = backoff(self._failures, base=RECONNECT_BASE, cap=RECONNECT_CAP)
@@ -125,6 +131,7 @@ class Worker:
                 self._failures = 0
                 if once:
                     return
+                self.health.waiting()
                 self.wakeup.event.wait()
 
     def drain(self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor) -> int:
@@ -154,6 +161,7 @@ class Worker:
     def _claim(self, conn: psycopg.Connection, source: Source) -> queue.Batch | None:
         if self.stopping:
             return None
+        self.health.working()
         o = self.options
         batch = queue.claim(conn, source, self.provider.model_id, o.batch_size, o.batch_bytes, o.lease_seconds)
         if not len(batch):
@@ -164,7 +172,8 @@ class Worker:
     def _embed(self, batch: queue.Batch) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         todo = batch.embed
         texts = [c.text for c in todo if c.text is not None]
-        result = embedding.embed(self.provider, texts, [c.key for c in todo], self.options.on_too_long)
+        o = self.options
+        result = embedding.embed(self.provider, texts, [c.key for c in todo], o.on_too_long, o.provider_name)
         vectors = {todo[i].seq: v for i, v in result.vectors.items()}
         errors = {todo[i].seq: e for i, e in result.errors.items()}
         return vectors, errors
@@ -176,10 +185,12 @@ class Worker:
         outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, o.failures, o.lock_timeout)
         self.leases.done(batch)
         self.embedded += outcome.stored
-        log.debug("%s: %s", batch.source.name, outcome)
+        metrics.settled(batch.source.name, outcome.counts(), outcome.ages)
+        extra = {"source": batch.source.name, "batch": len(batch)}
+        log.debug("%s: settled %s", batch.source.name, outcome.counts(), extra=extra)
         bar = self.progress.get(batch.source.name)
         if bar is not None:
-            bar.advance(outcome.settled)
+            bar.advance(outcome.done)
         return outcome.settled
 
     def _ensure_indexes(self, conn: psycopg.Connection) -> None:

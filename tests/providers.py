@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -113,3 +114,12 @@ class HookedEmbedder(HashEmbedder):
             hook, self.hook = self.hook, None
             hook()
         return vectors
+
+
+class HangingEmbedder(HashEmbedder):
+    """Never answers for a text containing HANG (a provider call stuck for good)."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if any("HANG" in t for t in texts):
+            threading.Event().wait()
+        return super().embed_documents(texts)

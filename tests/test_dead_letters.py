@@ -50,8 +50,9 @@ def test_a_dead_row_leaves_the_lag_and_shows_apart(conn: psycopg.Connection, doc
     with psycopg.connect(db_url) as c:
         [source] = schema.resolve_all(Database(db_url), settings)
         status = report.status(c, source)
-    assert (status.queued, status.failing, status.dead, status.oldest_seconds) == (0, 0, 1, None)
-    assert "POISON" in (status.last_error or "")
+    q = status.queue
+    assert (q.pending, q.ready, q.leased, q.backoff, q.failing, q.dead, q.oldest_seconds) == (0, 0, 0, 0, 0, 1, None)
+    assert "POISON" in (q.last_error or "")
     line = cli(db_url, "status").splitlines()[-1].split()
     assert line[:7] == ["docs", "5", "3", "0", "0", "1", "-"]
 

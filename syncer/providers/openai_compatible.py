@@ -26,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .. import metrics
 from ..errors import ConfigError, ProviderError, ProviderFatal
 from ..settings import Settings
 from . import ProviderOptions, base_options
@@ -33,6 +34,7 @@ from .limits import RateLimiter, plan_requests
 
 log = logging.getLogger(__name__)
 
+METRIC_NAME = "openai"  # the provider label of its metrics
 DEFAULT_MODEL = "text-embedding-3-small"
 KNOWN_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 MAX_INPUT_TOKENS = 8191  # per input, for OpenAI's embedding models
@@ -74,6 +76,8 @@ class InputRejected(ValueError):
 
 class OpenAIProvider:
     """Embeds through ``client.embeddings.create``: budgeted requests, several in flight, rate-limited."""
+
+    counts_requests = True  # syncer_provider_requests_total counts its HTTP requests, retries included
 
     def __init__(self, options: OpenAIOptions) -> None:
         try:
@@ -152,9 +156,26 @@ class OpenAIProvider:
     def _attempt(self, inputs: list[str], tokens: int) -> np.ndarray:
         self.limiter.acquire(tokens)
         try:
-            return self._create(inputs)
+            vectors = self._create(inputs)
         except Exception as exc:  # noqa: BLE001 - classified right here, once
-            raise self._classify(exc) from exc
+            classified = self._classify(exc)
+            metrics.PROVIDER_REQUESTS.labels(METRIC_NAME, self._outcome(exc, classified)).inc()
+            raise classified from exc
+        metrics.PROVIDER_REQUESTS.labels(METRIC_NAME, "ok").inc()
+        return vectors
+
+    def _outcome(self, exc: Exception, classified: Exception) -> str:
+        """The request's outcome as syncer_provider_requests_total labels it."""
+        e = self.errors
+        if isinstance(classified, ProviderFatal):
+            return "fatal"
+        if isinstance(classified, InputRejected):
+            return "rejected"
+        if isinstance(exc, e.RateLimitError):
+            return "rate_limited"
+        if isinstance(exc, e.APIConnectionError):  # timeouts included
+            return "unavailable"
+        return "server_error" if isinstance(classified, Transient) else "error"
 
     def _create(self, inputs: list[str]) -> np.ndarray:
         extra: dict[str, Any] = {"dimensions": self.requested_dimensions} if self.requested_dimensions else {}

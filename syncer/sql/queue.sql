@@ -84,7 +84,7 @@ WITH input AS (
         model = excluded.model, embedded_at = excluded.embedded_at
 )
 DELETE FROM {queue} q USING current c WHERE q.seq = c.seq
-RETURNING q.seq
+RETURNING q.seq, extract(epoch FROM clock_timestamp() - q.queued_at)::float8
 
 -- name: unstore
 -- Drop the vectors of keys (still ours) whose row is gone or has no text now; ack them.
@@ -99,14 +99,14 @@ WITH owned AS (
     DELETE FROM {store} e USING gone g WHERE {e_is_g}
 )
 DELETE FROM {queue} q USING gone g WHERE q.seq = g.seq
-RETURNING q.seq
+RETURNING q.seq, extract(epoch FROM clock_timestamp() - q.queued_at)::float8
 
 -- name: ack
 -- Acknowledge keys (still ours) that needed no new vector: their text is what is stored.
 DELETE FROM {queue} q
 USING (SELECT seq FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
 WHERE q.seq = o.seq
-RETURNING q.seq
+RETURNING q.seq, extract(epoch FROM clock_timestamp() - q.queued_at)::float8
 
 -- name: fail
 -- Record rows' errors and back them off (exponential, with jitter); after %(max_attempts)s attempts a row is dead.

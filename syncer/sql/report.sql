@@ -1,17 +1,25 @@
--- name: status
--- One line of `syncer status`: rows, vectors, what is queued (dead rows apart), failures, lag.
-SELECT
-    (SELECT count(*) FROM {table}) AS rows,
-    (SELECT count(*) FROM {store}) AS embedded,
-    q.queued, q.failing, q.dead, q.oldest_seconds,
-    (SELECT last_error FROM {queue} WHERE attempts > 0 ORDER BY last_failed_at DESC NULLS LAST LIMIT 1)
-FROM (
-    SELECT count(*) FILTER (WHERE dead_at IS NULL) AS queued,
-           count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0) AS failing,
-           count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
-           extract(epoch FROM now() - min(queued_at) FILTER (WHERE dead_at IS NULL))::float8 AS oldest_seconds
-    FROM {queue}
-) q
+-- name: queue_state
+-- A source's queue by state (ready, leased, backing off, dead: each row in one), failing rows, the age of the
+-- oldest pending change (dead rows excluded) and the latest error: one scan of the queue, none of the table.
+SELECT count(*) FILTER (WHERE dead_at IS NULL AND coalesce(lease_until < now(), true) AND not_before <= now()),
+       count(*) FILTER (WHERE dead_at IS NULL AND lease_until >= now()),
+       count(*) FILTER (WHERE dead_at IS NULL AND coalesce(lease_until < now(), true) AND not_before > now()),
+       count(*) FILTER (WHERE dead_at IS NOT NULL),
+       count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0),
+       extract(epoch FROM now() - min(queued_at) FILTER (WHERE dead_at IS NULL))::float8,
+       (SELECT last_error FROM {queue} WHERE attempts > 0 ORDER BY last_failed_at DESC NULLS LAST LIMIT 1)
+FROM {queue}
+
+-- name: estimate
+-- The planner's row count of a table (of all its partitions): cheap however large the table, NULL if never analyzed.
+SELECT sum(c.reltuples) FILTER (WHERE c.reltuples >= 0)::bigint
+FROM pg_class c
+WHERE (c.oid = %(table)s::regclass AND c.relkind <> 'p')
+   OR c.oid IN (SELECT relid FROM pg_partition_tree(%(table)s::regclass) WHERE isleaf)
+
+-- name: count
+-- Rows of a table, counted: for tables small enough that counting is cheap.
+SELECT count(*) FROM {table}
 
 -- name: queued
 -- Rows waiting in a source's queue (the size of a progress display); dead rows wait for no one.
