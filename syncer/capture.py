@@ -44,10 +44,19 @@ def _parts(source: Source) -> dict[str, sql.Composable]:
             "old_keys": fragments.key_list(source, "old"),
             "new_keys": fragments.key_list(source, "new"),
             "watched": sql.SQL(", ").join(map(sql.Identifier, watched)),
-            "old_watched": sql.SQL(", ").join(sql.Identifier("old", c) for c in watched),
-            "new_watched": sql.SQL(", ").join(sql.Identifier("new", c) for c in watched),
+            "old_watched": _watched(source, "old", watched),
+            "new_watched": _watched(source, "new", watched),
             "name": sql.Literal(source.name),
         }
+    )
+
+
+def _watched(source: Source, row: str, watched: tuple[str, ...]) -> sql.Composed:
+    """The watched columns of ``row``; embedded ones as their text, so that a change of text that the type's
+    equality ignores (numeric 1.5 -> 1.50, citext case, a nondeterministic collation) is a change too."""
+    text = set(source.config.text_columns)
+    return sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(row, c)) if c in text else sql.Identifier(row, c) for c in watched
     )
 
 

@@ -19,6 +19,7 @@ from .sources import Source
 
 RESERVED_COLUMNS = ("query_embedding", "match_count", "filter", "similarity")
 TEXT_TYPES = ("text", "varchar", "bpchar")
+MAX_IDENTIFIER = 63  # bytes: PostgreSQL cuts longer names
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Column:
     @property
     def built_in_scalar(self) -> bool:
         """Numbers, dates, booleans and the like: built-in types whose text is meant to be read."""
-        return self.type_schema == "pg_catalog" and self.type_kind == "b" and self.category not in ("A", "U")
+        readable = self.category not in ("A", "U") or self.type_name == "uuid"
+        return self.type_schema == "pg_catalog" and self.type_kind == "b" and readable
 
 
 def check_database(conn: psycopg.Connection) -> None:
@@ -80,6 +82,10 @@ def _resolve(conn: psycopg.Connection, config: SourceConfig, oid: int, schema: s
     keys = _check_key(conn, where, qualified, oid, config, columns)
     _check_row_security(conn, where, qualified, oid)
     store_schema, _, store_name = (config.target or f"{schema}.{name}_embeddings").rpartition(".")
+    if len(store_name.encode()) > MAX_IDENTIFIER:
+        raise ConfigError(
+            f"{where}the store's name {store_name} is longer than PostgreSQL's {MAX_IDENTIFIER} bytes: set 'target'"
+        )
     return Source(
         config,
         schema,

@@ -170,7 +170,7 @@ def cmd_errors(settings: Settings, args: argparse.Namespace) -> int:
         print("no failing or dead rows")
         return 0
     headers = ["source", "key", "attempts", "state", "first failure", "last failure", "last error"]
-    print(report.format_table(headers, rows, width=120))
+    print(report.format_table(headers, rows, width=120, exact=frozenset({1})))
     return 0
 
 

@@ -22,9 +22,14 @@ log = logging.getLogger(__name__)
 
 # Every transaction of syncer's pins these (SET LOCAL, so that nothing leaks into a pooled server
 # connection): a row hidden by row-level security raises an error instead of being skipped, so it is
-# never taken for a deleted row; and only pg_catalog resolves unqualified names, so no function or
-# operator of another role can stand in for a built-in one.
-GUARDS = "SET LOCAL row_security = off; SET LOCAL search_path = pg_catalog, pg_temp"
+# never taken for a deleted row; only pg_catalog resolves unqualified names, so no function or operator
+# of another role can stand in for a built-in one; and a value's text (a date, a number in a template)
+# reads the same in every session, so its hash does too.
+GUARDS = (
+    "SET LOCAL row_security = off; SET LOCAL search_path = pg_catalog, pg_temp; "
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; "
+    "SET LOCAL extra_float_digits = 1; SET LOCAL lc_monetary = 'C'"
+)
 
 # Detect a dead peer within about a minute instead of blocking on a half-open socket.
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}

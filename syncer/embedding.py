@@ -25,6 +25,7 @@ from .providers import Fits, Provider
 log = logging.getLogger(__name__)
 
 NAMED_ROWS = 10  # rows named in a warning; the rest are counted
+MIN_NORM, MAX_NORM = 1e-6, 1e6  # a vector's length outside these breaks cosine similarity in float32
 
 
 @dataclass
@@ -139,10 +140,16 @@ def checked(provider: Provider, answer: object, count: int) -> np.ndarray:
 
 def unusable(vectors: np.ndarray) -> list[str | None]:
     """Per vector, why it cannot be stored and searched (None: it can)."""
-    finite = np.isfinite(vectors).all(axis=1)
-    nonzero = (vectors != 0).any(axis=1)
-    return [
-        None if ok and nz else "the provider returned a vector with NaN or infinite values" if not ok
-        else "the provider returned an all-zero vector (no direction: cosine similarity is undefined)"
-        for ok, nz in zip(finite.tolist(), nonzero.tolist(), strict=True)
-    ]  # fmt: skip
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    return [_problem(norm) for norm in norms.tolist()]
+
+
+def _problem(norm: float) -> str | None:
+    if not np.isfinite(norm):
+        return "the provider returned a vector with NaN or infinite values"
+    if norm == 0:
+        return "the provider returned an all-zero vector (no direction: cosine similarity is undefined)"
+    if not MIN_NORM <= norm <= MAX_NORM:
+        return f"the provider returned a vector of length {norm:.3g}: too short or too long to compare in float32"
+    return None

@@ -35,6 +35,8 @@ class StoreChanged(Exception):
 
 
 def row_error(exc: BaseException | str) -> str:
-    """What is recorded for a row: the exception's type and message, bounded."""
+    """What is recorded for a row: the exception's type and message, bounded, and storable as text
+    (PostgreSQL's text holds no NUL and only valid UTF-8)."""
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    text = text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_ROW_ERROR]

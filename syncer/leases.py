@@ -3,7 +3,9 @@
 A lease that outlives its worker only delays other workers by its length, so leases are short
 and renewed every third of their length on a connection of their own. A worker that loses its
 connections (a restart of the database, a killed backend) gives its batches back as soon as it
-reaches the database again, rather than letting them sit out the lease.
+reaches the database again, rather than letting them sit out the lease; a claim whose answer was
+lost is given back by its token. Keys a settle could not reach (an application transaction held
+them) are given back a moment later, again and again until their lease would have run out.
 """
 
 from __future__ import annotations
@@ -13,13 +15,25 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import psycopg
 
 from . import queue
 from .database import Database
+from .sources import Source
 
 log = logging.getLogger(__name__)
+
+LINGER_TICK = 1.0  # seconds between attempts to give back keys a settle could not reach
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim under way: its token is known before its keys are."""
+
+    source: Source
+    token: uuid.UUID
 
 
 class Leases:
@@ -27,9 +41,11 @@ class Leases:
         self.db = db
         self.lease_seconds = lease_seconds
         self.max_hold_seconds = max_hold_seconds
-        self._held: dict[uuid.UUID, queue.Batch] = {}
+        self._held: dict[uuid.UUID, queue.Batch | Claim] = {}
+        self._lingering: dict[uuid.UUID, tuple[queue.Batch, float]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._tick = threading.Event()  # wakes the keeper early: closing, or keys to give back
         self._thread = threading.Thread(target=self._keep, name="syncer-leases", daemon=True)
 
     def start(self) -> None:
@@ -37,51 +53,69 @@ class Leases:
 
     def close(self) -> None:
         self._closed.set()
+        self._tick.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+
+    def expect(self, source: Source, token: uuid.UUID) -> None:
+        """A claim under ``token`` is about to be made."""
+        with self._lock:
+            self._held[token] = Claim(source, token)
 
     def hold(self, batch: queue.Batch) -> None:
         with self._lock:
             self._held[batch.token] = batch
 
-    def done(self, batch: queue.Batch) -> None:
+    def done(self, token: uuid.UUID) -> None:
         with self._lock:
-            self._held.pop(batch.token, None)
+            self._held.pop(token, None)
 
-    def held(self) -> list[queue.Batch]:
+    def linger(self, batch: queue.Batch) -> None:
+        """Some of the batch's keys were out of reach when it settled: give them back soon."""
+        with self._lock:
+            self._lingering[batch.token] = (batch, time.monotonic())
+        self._tick.set()
+
+    def held(self) -> list[queue.Batch | Claim]:
         with self._lock:
             return list(self._held.values())
 
     def give_back(self) -> int:
-        """Release every batch in hand (after a failure); kept for later if the database is away."""
-        batches = self.held()
-        if not batches:
+        """Release everything in hand (after a failure); kept for later if the database is away."""
+        held = self.held()
+        if not held:
             return 0
         released = 0
         try:
             with self.db.connect() as conn:
-                for batch in batches:
-                    released += queue.release(conn, batch)
-                    self.done(batch)
+                for item in held:
+                    if isinstance(item, Claim):
+                        released += queue.release_token(conn, item.source, item.token)
+                    else:
+                        released += queue.release(conn, item)
+                    self.done(item.token)
         except psycopg.OperationalError as exc:
-            log.warning("could not give back %d batches yet (%s); retrying on reconnect", len(batches), exc)
+            log.warning("could not give back %d batches yet (%s); retrying on reconnect", len(held), exc)
         if released:
-            log.info("gave back %d rows of %d batches", released, len(batches))
+            log.info("gave back %d rows of %d batches", released, len(held))
         return released
 
     def _keep(self) -> None:
         conn: psycopg.Connection | None = None
+        renewed = time.monotonic()
         try:
-            while not self._closed.wait(self.lease_seconds / 3):
-                batches = [b for b in self.held() if self._renewable(b)]
-                if not batches:
-                    continue
+            while True:
+                self._tick.wait(LINGER_TICK if self._lingering else self.lease_seconds / 3)
+                self._tick.clear()
+                if self._closed.is_set():
+                    return
                 try:
-                    conn = conn or self.db.connect()
-                    for batch in batches:
-                        queue.renew(conn, batch, self.lease_seconds)
+                    if time.monotonic() - renewed >= self.lease_seconds / 3:
+                        conn = self._renew(conn)
+                        renewed = time.monotonic()
+                    conn = self._release_lingering(conn)
                 except psycopg.Error as exc:
-                    log.warning("could not renew leases (%s); retrying in %.0fs", exc, self.lease_seconds / 3)
+                    log.warning("could not renew or release leases (%s); trying again soon", exc)
                     if conn is not None:
                         with contextlib.suppress(psycopg.Error):
                             conn.close()
@@ -89,6 +123,25 @@ class Leases:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _renew(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
+        batches = [b for b in self.held() if isinstance(b, queue.Batch) and self._renewable(b)]
+        if batches:
+            conn = conn or self.db.connect()
+            for batch in batches:
+                queue.renew(conn, batch, self.lease_seconds)
+        return conn
+
+    def _release_lingering(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
+        with self._lock:
+            lingering = list(self._lingering.values())
+        for batch, since in lingering:
+            conn = conn or self.db.connect()
+            queue.release(conn, batch)
+            if time.monotonic() - since > self.lease_seconds:  # their lease has run out by now anyway
+                with self._lock:
+                    self._lingering.pop(batch.token, None)
+        return conn
 
     def _renewable(self, batch: queue.Batch) -> bool:
         held_for = time.monotonic() - batch.claimed_at
@@ -99,5 +152,5 @@ class Leases:
             batch.source.name,
             held_for,
         )
-        self.done(batch)
+        self.done(batch.token)
         return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,11 +27,19 @@ from .tables import MODEL_CONSTRAINT
 
 log = logging.getLogger(__name__)
 
+SETTLE_ROWS = 64  # keys per settle transaction: what an application writer may wait for, at most
 BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
-WANTED = {  # a batch row (b) with text is queued when its stored vector (e) is ...
-    "missing": sql.SQL("e.content_hash IS NULL"),
+WANTED = {  # a batch row (b) is queued when ...
+    "missing": sql.SQL("b.text IS NOT NULL AND e.content_hash IS NULL"),  # it has text and no vector
+    # its vector is missing, or not of its text, or there though it has no text (NULL is distinct from a hash)
     "stale": sql.SQL("e.content_hash IS DISTINCT FROM sha256(convert_to(b.text, 'UTF8'))"),
 }
+# A key already queued stays as it is; with ``revive``, a dead one starts afresh (its text has changed).
+KEEP = sql.SQL("ON CONFLICT DO NOTHING")
+REVIVE = sql.SQL(
+    "ON CONFLICT ({keys}) DO UPDATE SET attempts = 0, last_error = NULL, first_failed_at = NULL, "
+    "last_failed_at = NULL, dead_at = NULL, not_before = now(), queued_at = now() WHERE q.dead_at IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.embed) + len(self.unstore) + len(self.unchanged)
 
+    def only(self, seqs: set[int]) -> Batch:
+        """The part of the batch with these seqs (same token)."""
+        return replace(
+            self,
+            embed=tuple(c for c in self.embed if c.seq in seqs),
+            unstore=tuple(c for c in self.unstore if c.seq in seqs),
+            unchanged=tuple(c for c in self.unchanged if c.seq in seqs),
+        )
+
 
 @dataclass(frozen=True)
 class Failures:
@@ -86,6 +103,10 @@ class Outcome:
     released: int = 0
     taken: int = 0  # keys whose lease ran out and another worker took
     ages: tuple[float, ...] = ()  # seconds since each stored, removed or unchanged key was queued
+    unreached: tuple[int, ...] = ()  # seqs neither settled nor given back: changed, taken, or held by another
+
+    def __add__(self, other: Outcome) -> Outcome:
+        return Outcome(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     @property
     def settled(self) -> int:
@@ -114,10 +135,16 @@ def plan(source: Source, token: uuid.UUID, changes: list[Change], model_id: str)
 
 
 def claim(
-    conn: psycopg.Connection, source: Source, model_id: str, limit: int, max_bytes: int, lease_seconds: float
+    conn: psycopg.Connection,
+    source: Source,
+    model_id: str,
+    limit: int,
+    max_bytes: int,
+    lease_seconds: float,
+    token: uuid.UUID | None = None,
 ) -> Batch:
     """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction."""
-    token = uuid.uuid4()
+    token = token or uuid.uuid4()
     params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds}
     with transaction(conn):
         rows = conn.execute(query("queue", "claim", **fragments.parts(source)), params).fetchall()
@@ -140,22 +167,44 @@ def settle(
     failures: Failures,
     lock_timeout: float = 2.0,
 ) -> Outcome:
-    """Write what the batch produced, in one short transaction that keeps only what is still ours.
+    """Write what the batch produced, keeping only what is still ours, in short transactions of
+    ``SETTLE_ROWS`` keys: an application writer that touches a key being settled waits at most for
+    one of them (inserting into an HNSW index costs milliseconds a row), and never longer than
+    ``lock_timeout`` for a lock syncer waits on (an index being built, say).
 
     ``vectors`` and ``errors`` are keyed by seq. Raises ``StoreChanged`` if this worker's model
-    or text definition is no longer the applied one (nothing is written then). Waits at most
-    ``lock_timeout`` for a lock (an index being built, say): an application writer that touches a
-    key of the batch meanwhile never waits longer than that.
+    or text definition is no longer the applied one (nothing more is written then).
     """
+    total = Outcome()
+    for part in _parts(batch, SETTLE_ROWS):
+        total = total + _settle(conn, part, model_id, vectors, errors, failures, lock_timeout)
+    return total
+
+
+def _parts(batch: Batch, rows: int) -> list[Batch]:
+    changes = [*batch.embed, *batch.unstore, *batch.unchanged]
+    return [batch.only({c.seq for c in changes[i : i + rows]}) for i in range(0, len(changes), rows)]
+
+
+def _settle(
+    conn: psycopg.Connection,
+    batch: Batch,
+    model_id: str,
+    vectors: dict[int, np.ndarray],
+    errors: dict[int, str],
+    failures: Failures,
+    lock_timeout: float,
+) -> Outcome:
     stored = [c for c in batch.embed if c.seq in vectors]
+    failed = {c.seq: errors[c.seq] for c in batch.embed if c.seq in errors}
     arms: list[tuple[str, list[int], dict[str, Any]]] = [
         ("store", [c.seq for c in stored], {
             "hashes": [c.hash for c in stored], "embeddings": [vectors[c.seq] for c in stored], "model": model_id,
         }),
         ("unstore", [c.seq for c in batch.unstore], {}),
         ("ack", [c.seq for c in batch.unchanged], {}),
-        ("fail", list(errors), {
-            "errors": list(errors.values()), "base": failures.base_seconds, "max": failures.max_seconds,
+        ("fail", list(failed), {
+            "errors": list(failed.values()), "base": failures.base_seconds, "max": failures.max_seconds,
             "max_attempts": failures.max_attempts,
         }),
     ]  # fmt: skip
@@ -168,11 +217,12 @@ def settle(
         settled = {row[0] for rows in done.values() for row in rows}
         rest = [seq for seq in batch.seqs if seq not in settled]
         released = {row[0] for row in _run(conn, batch, "release", rest, {})}
-        taken = _taken(conn, batch, [seq for seq in rest if seq not in released])
+        unreached = tuple(seq for seq in rest if seq not in released)
+        taken = _taken(conn, batch, list(unreached))
     dead = sum(1 for _, is_dead in done["fail"] if is_dead)
     ages = tuple(row[1] for block in ("store", "unstore", "ack") for row in done[block])
     counts = len(done["store"]), len(done["unstore"]), len(done["ack"]), len(done["fail"]) - dead, dead
-    return Outcome(*counts, len(released), taken, ages)
+    return Outcome(*counts, len(released), taken, ages, unreached)
 
 
 def _run(
@@ -215,6 +265,13 @@ def release(conn: psycopg.Connection, batch: Batch) -> int:
         return len(_run(conn, batch, "release", batch.seqs, {}))
 
 
+def release_token(conn: psycopg.Connection, source: Source, token: uuid.UUID) -> int:
+    """Give back every key leased under ``token``: a claim whose answer was lost, its keys unknown."""
+    with transaction(conn):
+        statement = query("queue", "release_token", **fragments.parts(source))
+        return len(conn.execute(statement, {"token": token}).fetchall())
+
+
 def busy(conn: psycopg.Connection, source: Source) -> bool:
     """Whether any key is ready or leased (dead and backing-off keys wait for no one)."""
     row = conn.execute(query("queue", "busy", **fragments.parts(source))).fetchone()
@@ -228,18 +285,26 @@ def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
 
 
 def enqueue(
-    conn: psycopg.Connection, source: Source, kind: Literal["missing", "stale"], *, batched: bool = True
+    conn: psycopg.Connection,
+    source: Source,
+    kind: Literal["missing", "stale"],
+    *,
+    batched: bool = True,
+    revive: bool = False,
 ) -> int:
     """Queue the rows whose vector is missing (the backfill), or missing or stale and then the orphaned
     vectors (reconcile: converges after changes that bypassed the triggers); returns rows queued.
 
     ``batched``: in keyset batches of ``BATCH_ROWS`` that each commit (unless ``conn`` is in a
-    transaction already); else in one statement.
+    transaction already); else in one statement. ``revive``: dead keys among them start afresh.
     """
     rows = BATCH_ROWS if batched else None
-    queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind]}, rows)
+    conflict: dict[str, sql.Composable] = {
+        "on_conflict": REVIVE.format(keys=fragments.key_list(source)) if revive else KEEP
+    }
+    queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind], **conflict}, rows)
     if kind == "stale":
-        queued += _keyset(conn, source, "enqueue_orphans", "e", {}, rows)
+        queued += _keyset(conn, source, "enqueue_orphans", "e", conflict, rows)
     return queued
 
 

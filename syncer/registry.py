@@ -27,6 +27,8 @@ class Registration:
     reembed_model: str | None
     reembed_dimensions: int | None
     objects: str | None  # fingerprint of the installed objects
+    source_table: str
+    store_table: str
 
 
 def read(conn: psycopg.Connection, name: str) -> Registration | None:
@@ -57,6 +59,17 @@ def adopt(conn: psycopg.Connection, source: Source) -> None:
     """Make ``source``'s text definition the applied one (workers on another one stop writing)."""
     params = {"name": source.name, "definition": Jsonb(source.definition)}
     conn.execute(query("registry", "adopt"), params | {"config": Jsonb(source.config.model_dump(mode="json"))})
+
+
+def lock(conn: psycopg.Connection, source: Source) -> None:
+    conn.execute(query("registry", "lock"), {"name": source.name})
+
+
+def store_taken_by(conn: psycopg.Connection, source: Source) -> str | None:
+    """The name of another applied source whose store is this source's store."""
+    row = conn.execute(query("registry", "store_owner"), {"store": source.qualified_store, "name": source.name})
+    found = row.fetchone()
+    return found[0] if found else None
 
 
 def installed(conn: psycopg.Connection, source: Source, objects: str) -> None:

@@ -77,15 +77,20 @@ def queued(conn: psycopg.Connection, source: Source) -> int:
     return row[0] if row else 0
 
 
-def format_table(headers: list[str], rows: list[tuple[Any, ...]], width: int = 60) -> str:
-    """A plain aligned text table; long cells are cut to ``width`` characters."""
+def format_table(
+    headers: list[str], rows: list[tuple[Any, ...]], width: int = 60, exact: frozenset[int] = frozenset()
+) -> str:
+    """A plain aligned text table; long cells are cut to ``width`` characters and their whitespace
+    collapsed, except in the ``exact`` columns (keys a user types back, say)."""
 
-    def cell(value: Any) -> str:
+    def cell(value: Any, column: int) -> str:
         text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+        if column in exact:
+            return text
         text = " ".join(text.split())
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    cells = [[cell(v) for v in row] for row in rows]
+    cells = [[cell(v, i) for i, v in enumerate(row)] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

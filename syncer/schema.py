@@ -109,7 +109,20 @@ def resolve_all(db: Database, settings: Settings) -> list[Source]:
         raise ConfigError('no sources configured: set SYNCER_SOURCES, e.g. [{"table": "docs", "columns": ["body"]}]')
     with db.connect(vector=False) as conn:
         catalog.check_database(conn)
-        return [catalog.resolve(conn, config) for config in settings.sources]
+        return _distinct_stores([catalog.resolve(conn, config) for config in settings.sources])
+
+
+def _distinct_stores(source_list: list[Source]) -> list[Source]:
+    """Two sources never share a store (two sources on one table need a ``target`` each but one)."""
+    seen: dict[str, str] = {}
+    for source in source_list:
+        other = seen.setdefault(source.qualified_store, source.name)
+        if other != source.name:
+            raise ConfigError(
+                f"sources {other!r} and {source.name!r} would share the store {source.qualified_store}: "
+                "give one of them its own 'target'"
+            )
+    return source_list
 
 
 def verify(db: Database, settings: Settings, provider: Provider) -> list[Source]:
@@ -122,7 +135,7 @@ def verify(db: Database, settings: Settings, provider: Provider) -> list[Source]
                 f"syncer's schema is at {revision or 'nothing'}, this syncer needs {head}: the owner must run "
                 "`syncer apply` (SYNCER_APPLY=never)"
             )
-        source_list = [catalog.resolve(conn, config) for config in settings.sources]
+        source_list = _distinct_stores([catalog.resolve(conn, config) for config in settings.sources])
         for source in source_list:
             registration = registry.read(conn, source.name)
             if registration is None:
@@ -154,8 +167,8 @@ def apply(
     applied = []
     with db.connect() as conn:
         catalog.check_database(conn)
-        for config in settings.sources:
-            source = catalog.resolve(conn, config)  # after migrating: pgvector's schema is known now
+        # after migrating: pgvector's schema is known now
+        for source in _distinct_stores([catalog.resolve(conn, config) for config in settings.sources]):
             queued = apply_source(conn, source, provider, settings, adopt, stopping or threading.Event())
             if queued:
                 log.info("%s: %d rows queued", source.name, queued, extra={"source": source.name})
@@ -175,6 +188,9 @@ def apply_source(
     registration = registry.read(conn, source.name)
     if registration is not None:
         check_applied(conn, source, registration, provider, adopt)
+    other = registry.store_taken_by(conn, source)
+    if other is not None:
+        raise ConfigError(f"source {source.name!r}: its store {source.qualified_store} belongs to source {other!r}")
     objects = fingerprint(conn, source, settings.notify)
     partitions = capture.missing_partitions(conn, source)
     adopted = False
@@ -185,7 +201,7 @@ def apply_source(
         _install_search(conn, source, objects)  # the table's columns changed: its search function only
     registration = registry.read(conn, source.name)
     assert registration is not None
-    queued = queue.enqueue(conn, source, "stale") if adopted else 0
+    queued = queue.enqueue(conn, source, "stale", revive=True) if adopted else 0
     if not registration.backfilled or partitions:
         queued += queue.enqueue(conn, source, "missing")
         with transaction(conn):
@@ -201,6 +217,7 @@ def _install(conn: psycopg.Connection, source: Source, provider: Provider, objec
     with transaction(conn):
         lock_applies(conn)
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(settings.lock_timeout * 1000)}ms"])
+        registry.lock(conn, source)
         tables.create_queue(conn, source)
         if not catalog.exists(conn, source.store_schema, source.store_name):
             tables.create_store(conn, source, provider.model_id, provider.dimensions)
@@ -298,6 +315,15 @@ def check_applied(
 ) -> None:
     """The store must suit the model, and the text definition be the applied one (or be adopted)."""
     where = f"source {source.name!r}: "
+    for what, applied_as, configured in (
+        ("table", registration.source_table, source.qualified),
+        ("store", registration.store_table, source.qualified_store),
+    ):
+        if applied_as != configured:
+            raise ConfigError(
+                f"{where}the configured {what} {configured} is not the applied one ({applied_as}); a source's "
+                f"table and store are fixed once applied: `syncer drop {source.name}`, then apply"
+            )
     if registration.model != provider.model_id:
         raise ConfigError(
             f"{where}store {source.qualified_store} was built with model {registration.model}, not the configured "

@@ -19,13 +19,26 @@ DEAD_LETTER_COLUMN = "dead_at"  # present once a queue has the dead-letter colum
 
 
 def create_queue(conn: psycopg.Connection, source: Source) -> None:
-    """The source's queue, created or brought up to date (an older queue gains the newer columns)."""
+    """The source's queue, created or brought up to date (an older queue gains the newer columns and index)."""
     oid = catalog.relation(conn, SYNCER_SCHEMA, source.queue_name)
     if oid is None:
         conn.execute(query("tables", "create_queue", **fragments.parts(source)))
-    elif DEAD_LETTER_COLUMN in (conn.execute(query("tables", "queue_columns"), {"oid": oid}).fetchone() or [[]])[0]:
+    elif _current(conn, oid, source):
         return
-    conn.execute(query("tables", "queue_dead_letters", queue=source.queue))
+    conn.execute(_queue_upgrade(source))
+
+
+def _current(conn: psycopg.Connection, oid: int, source: Source) -> bool:
+    columns: list[str] = (conn.execute(query("tables", "queue_columns"), {"oid": oid}).fetchone() or [[]])[0]
+    return DEAD_LETTER_COLUMN in columns and catalog.exists(conn, SYNCER_SCHEMA, _lease_index(source))
+
+
+def _lease_index(source: Source) -> str:
+    return f"{source.queue_name}_lease"
+
+
+def _queue_upgrade(source: Source) -> sql.Composed:
+    return query("tables", "queue_dead_letters", queue=source.queue, lease_index=sql.Identifier(_lease_index(source)))
 
 
 def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
@@ -54,7 +67,7 @@ def index_parts(source: Source) -> dict[str, sql.Composable]:
 def render(source: Source) -> list[sql.Composed]:
     """What apply renders beyond creating the tables: the queue's newer columns, the index function."""
     return [
-        query("tables", "queue_dead_letters", queue=source.queue),
+        _queue_upgrade(source),
         query("tables", "index_function", **index_parts(source)),
     ]
 

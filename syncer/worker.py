@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -163,8 +164,11 @@ class Worker:
             return None
         self.health.working()
         o = self.options
-        batch = queue.claim(conn, source, self.provider.model_id, o.batch_size, o.batch_bytes, o.lease_seconds)
+        token = uuid.uuid4()
+        self.leases.expect(source, token)  # known before the claim: a claim whose answer is lost is given back
+        batch = queue.claim(conn, source, self.provider.model_id, o.batch_size, o.batch_bytes, o.lease_seconds, token)
         if not len(batch):
+            self.leases.done(token)
             return None
         self.leases.hold(batch)
         return batch
@@ -183,7 +187,9 @@ class Worker:
     ) -> int:
         o = self.options
         outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, o.failures, o.lock_timeout)
-        self.leases.done(batch)
+        self.leases.done(batch.token)
+        if outcome.unreached:
+            self.leases.linger(batch.only(set(outcome.unreached)))
         self.embedded += outcome.stored
         metrics.settled(batch.source.name, outcome.counts(), outcome.ages)
         extra = {"source": batch.source.name, "batch": len(batch)}

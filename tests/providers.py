@@ -75,7 +75,8 @@ class OtherHashEmbedder(HashEmbedder):
 
 
 class BadVectorEmbedder(HashEmbedder):
-    """Answers NaN for texts containing NAN, infinity for INF, and all zeros for ZERO; the rest as HashEmbedder."""
+    """Answers NaN for texts containing NAN, infinity for INF, all zeros for ZERO, and vectors too short (TINY)
+    or too long (HUGE) to compare in float32; the rest as HashEmbedder."""
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         vectors = super().embed_documents(texts)
@@ -83,6 +84,9 @@ class BadVectorEmbedder(HashEmbedder):
             for marker, value in (("NAN", np.nan), ("INF", np.inf), ("ZERO", 0.0)):
                 if marker in text:
                     vectors[i] = value
+            for marker, scale in (("TINY", 1e-30), ("HUGE", 1e30)):
+                if marker in text:
+                    vectors[i] *= scale
         return vectors
 
 
@@ -122,4 +126,13 @@ class HangingEmbedder(HashEmbedder):
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         if any("HANG" in t for t in texts):
             threading.Event().wait()
+        return super().embed_documents(texts)
+
+
+class NulErrorEmbedder(HashEmbedder):
+    """Rejects texts containing BAD with a message PostgreSQL's text cannot hold as it is (NUL, a lone surrogate)."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if any("BAD" in t for t in texts):
+            raise ValueError("bad\x00input \udc80")
         return super().embed_documents(texts)

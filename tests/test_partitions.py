@@ -55,3 +55,17 @@ def test_a_partition_attached_later_is_installed_and_queued_by_apply(conn: psyco
     conn.execute("TRUNCATE events_asia")
     sync_once(settings, HashEmbedder())
     assert keys(conn) == list(range(1, 11))
+
+
+def test_truncating_a_partition_keeps_what_other_transactions_insert(conn: psycopg.Connection, db_url: str) -> None:
+    events(conn)
+    settings = make_settings(db_url, EVENTS)
+    sync_once(settings, HashEmbedder())
+    with psycopg.connect(db_url) as app:
+        app.execute("DELETE FROM events WHERE region = 'us'")
+        app.execute("INSERT INTO events VALUES (99, 'us', 'inserted meanwhile')")  # not committed yet
+        conn.execute("TRUNCATE events_eu")  # the table looks empty to this transaction
+        app.commit()
+    sync_once(settings, HashEmbedder())
+    assert keys(conn) == [99]
+    assert stored(conn, "events_embeddings")[99][1] == sha256("inserted meanwhile")

@@ -6,6 +6,7 @@ syncer's whole settings: the options a user's class receives are a public, stabl
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,13 @@ class ProviderOptions:
     document_prompt: str | None = None
     batch_size: int = 16  # texts per forward pass of a local model
     cache_dir: Path = Path(".syncer/models")  # where models exported or downloaded for syncer are kept
+
+
+def prompt_suffix(prompt: str, model_default: str) -> str:
+    """Part of a model id: a document prompt other than the model's own makes other vectors."""
+    if prompt == model_default:
+        return ""
+    return f"+prompt:{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
 
 
 def base_options(settings: Settings) -> ProviderOptions:

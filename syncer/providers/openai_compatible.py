@@ -29,7 +29,7 @@ from tenacity import (
 from .. import metrics
 from ..errors import ConfigError, ProviderError, ProviderFatal
 from ..settings import Settings
-from . import ProviderOptions, base_options
+from . import ProviderOptions, base_options, prompt_suffix
 from .limits import RateLimiter, plan_requests
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class OpenAIProvider:
         self.pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="syncer-openai")
         self.dimensions = options.dimensions or KNOWN_DIMENSIONS.get(self.model) or len(self._probe())
         self.model_id = self.model + (f"@{options.dimensions}" if options.dimensions else "")
+        self.model_id += prompt_suffix(options.document_prompt or "", "")
 
     def fit(self, text: str) -> tuple[str, int]:
         tokens = self.encoding.encode(self._document(text), disallowed_special=())
@@ -180,10 +181,14 @@ class OpenAIProvider:
     def _create(self, inputs: list[str]) -> np.ndarray:
         extra: dict[str, Any] = {"dimensions": self.requested_dimensions} if self.requested_dimensions else {}
         response = self.client.embeddings.create(input=inputs, model=self.model, **extra)
-        data = sorted(response.data, key=lambda item: item.index)
-        if len(data) != len(inputs):
+        try:
+            data = sorted(response.data, key=lambda item: item.index)
+            vectors = np.asarray([item.embedding for item in data], dtype=np.float32)
+        except (AttributeError, TypeError, ValueError) as exc:  # a 200 whose body is no list of embeddings
+            raise ProviderError(f"{self.model}: the answer holds no embeddings ({type(exc).__name__}: {exc})") from exc
+        if len(data) != len(inputs) or vectors.ndim != 2:
             raise ProviderError(f"{self.model}: {len(data)} embeddings for {len(inputs)} inputs")
-        return np.asarray([item.embedding for item in data], dtype=np.float32)
+        return vectors
 
     def _classify(self, exc: Exception) -> Exception:
         """What the caller must see: fatal, the inputs' fault, worth a retry, or the error as is."""
@@ -198,7 +203,11 @@ class OpenAIProvider:
             isinstance(exc, e.APIStatusError) and exc.status_code == 408
         ):
             return Transient(_retry_after(exc))
-        return exc
+        if isinstance(exc, e.APIStatusError) and 400 <= exc.status_code < 500:
+            return InputRejected(_describe(exc))  # 413 and the like: the inputs
+        if isinstance(exc, ProviderError | e.APIError):
+            return exc if isinstance(exc, ProviderError) else Transient(None)
+        return ProviderError(f"{self.model}: unexpected {type(exc).__name__}: {exc}")  # never the rows' fault
 
 
 class Transient(Exception):

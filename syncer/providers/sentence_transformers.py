@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..settings import Settings
-from . import ProviderOptions, base_options
+from . import ProviderOptions, base_options, prompt_suffix
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ class SentenceTransformerProvider:
         self.max_input_tokens = self.engine.max_tokens
         self.query_prompt = _pick(options.query_prompt, self.engine.prompts["query"])
         self.document_prompt = _pick(options.document_prompt, self.engine.prompts["document"])
-        # int8 vectors differ a little from fp32 ones: a distinct id keeps them out of an fp32 store.
+        # int8 vectors differ a little from fp32 ones, and another document prompt makes other vectors:
+        # a distinct id keeps them out of a store of the model's own.
         suffix = "+int8" if options.backend == "onnx-int8" else ""
+        suffix += prompt_suffix(self.document_prompt, self.engine.prompts["document"])
         self.model_id = (PACKAGED_ID if name in PACKAGED else name) + suffix
         log.info("model %s runs on %s (%s)", self.model_id, self.device, options.backend)
 

@@ -28,7 +28,7 @@ REVOKE ALL ON FUNCTION {capture_fn}() FROM PUBLIC;
 CREATE OR REPLACE TRIGGER {rows_trigger} AFTER INSERT OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION {capture_fn}();
 CREATE OR REPLACE TRIGGER {updates_trigger} AFTER UPDATE OF {watched} ON {table}
-    FOR EACH ROW WHEN (ROW({old_watched}) IS DISTINCT FROM ROW({new_watched}))
+    FOR EACH ROW WHEN (ROW({old_watched}) IS DISTINCT FROM ROW({new_watched}))  -- as text: 1.5 -> 1.50 is a change
     EXECUTE FUNCTION {capture_fn}();
 
 -- name: truncate
@@ -45,22 +45,20 @@ CREATE OR REPLACE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}();
 
 -- name: partition_truncate
--- TRUNCATE of one partition fires no trigger of the partitioned table: queue the keys of the vectors
--- whose rows are gone (the worker removes them), or empty both if the whole table is empty now.
+-- TRUNCATE of one partition fires no trigger of the partitioned table: queue the keys of the vectors whose
+-- rows are gone; the worker removes them after reading the table itself. Never a TRUNCATE or a DELETE here:
+-- rows another transaction is inserting, or rows row-level security hides from this function's owner,
+-- are not gone. (TRUNCATE of the whole table empties the store through the table's own trigger.)
 CREATE OR REPLACE FUNCTION {partition_truncate_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM {table}) THEN
-        TRUNCATE {queue}, {store};
-    ELSE
-        INSERT INTO {queue} AS q ({keys})
-        SELECT {e_keys} FROM {store} e WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_e})
-        ON CONFLICT ({keys}) DO UPDATE
-        SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
-            first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
-            queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END,
-            lease_token = NULL, lease_until = NULL;
-    END IF;
+    INSERT INTO {queue} AS q ({keys})
+    SELECT {e_keys} FROM {store} e WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_e})
+    ON CONFLICT ({keys}) DO UPDATE
+    SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
+        first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
+        queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END,
+        lease_token = NULL, lease_until = NULL;
     RETURN NULL;
 END
 $$;

@@ -1,14 +1,15 @@
 -- name: enqueue_rows
 -- Backfill or reconcile, one keyset batch: the next %(limit)s rows of the table after the last key seen, in
--- key order; queue those with text and no vector (or, reconciling, a vector of other text). Returns how many were queued and the last key
--- seen (no row: the table is done). Each batch commits: a writer never waits long on a queue row.
+-- key order; queue those whose vector is missing (reconciling: or not of their text, or there though they
+-- have no text). Returns how many were queued and the last key seen (no row: the table is done). Each batch
+-- commits: a writer never waits long on a queue row.
 WITH batch AS (
     SELECT {t_keys}, {text} AS text FROM {table} t WHERE {after} ORDER BY {t_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} ({keys})
+    INSERT INTO {queue} AS q ({keys})
     SELECT {b_keys} FROM batch b LEFT JOIN {store} e ON {b_is_e}
-    WHERE b.text IS NOT NULL AND {wanted_test}
-    ON CONFLICT DO NOTHING
+    WHERE {wanted_test}
+    {on_conflict}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
@@ -19,9 +20,9 @@ SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_des
 WITH batch AS (
     SELECT {e_keys} FROM {store} e WHERE {after} ORDER BY {e_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} ({keys})
+    INSERT INTO {queue} AS q ({keys})
     SELECT {b_keys} FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
@@ -126,6 +127,13 @@ RETURNING q.seq, q.dead_at IS NOT NULL
 -- Give back whatever of the batch is still ours (changed meanwhile, or the worker is stopping).
 UPDATE {queue} q SET lease_token = NULL, lease_until = NULL
 FROM (SELECT seq FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
+WHERE q.seq = o.seq
+RETURNING q.seq
+
+-- name: release_token
+-- Give back every key leased under a token (a claim whose answer was lost: which keys, nobody knows).
+UPDATE {queue} q SET lease_token = NULL, lease_until = NULL
+FROM (SELECT seq FROM {queue} WHERE lease_token = %(token)s FOR UPDATE SKIP LOCKED) o
 WHERE q.seq = o.seq
 RETURNING q.seq
 

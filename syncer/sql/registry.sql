@@ -1,7 +1,17 @@
 -- name: read
 -- What the registry remembers of a source.
-SELECT name, model, dimensions, definition, backfilled_at IS NOT NULL, reembed_model, reembed_dimensions, objects
+SELECT name, model, dimensions, definition, backfilled_at IS NOT NULL, reembed_model, reembed_dimensions, objects,
+       source_table, store_table
 FROM syncer.sources WHERE name = %(name)s
+
+-- name: store_owner
+-- Another source already applied with this store.
+SELECT name FROM syncer.sources WHERE store_table = %(store)s AND name <> %(name)s
+
+-- name: lock
+-- Apply takes the source's registry row before any DDL: settles in flight (which hold it FOR SHARE) finish
+-- first, and none starts until the apply commits (never a settle waiting on DDL while holding the row).
+SELECT FROM syncer.sources WHERE name = %(name)s FOR UPDATE
 
 -- name: fence
 -- The applied model(s) and definition, locked FOR SHARE until the settle commits (a switch or adoption waits).

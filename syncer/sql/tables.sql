@@ -13,11 +13,13 @@ ALTER TABLE {queue}
 CREATE UNIQUE INDEX ON {queue} (seq);
 
 -- name: queue_dead_letters
--- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries).
+-- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries); an
+-- index of the leased keys by token (a worker gives back a claim whose answer it lost).
 ALTER TABLE {queue}
     ADD COLUMN IF NOT EXISTS first_failed_at timestamptz,
     ADD COLUMN IF NOT EXISTS last_failed_at timestamptz,
-    ADD COLUMN IF NOT EXISTS dead_at timestamptz
+    ADD COLUMN IF NOT EXISTS dead_at timestamptz;
+CREATE INDEX IF NOT EXISTS {lease_index} ON {queue} (lease_token) WHERE lease_token IS NOT NULL
 
 -- name: queue_columns
 -- The columns a queue has (an older queue lacks the newer ones).
