@@ -17,7 +17,12 @@ from .queries import query
 from .settings import SourceConfig
 from .sources import Source
 
-RESERVED_COLUMNS = ("query_embedding", "match_count", "filter", "similarity")
+# The search functions' own parameters and result columns: a source column of the same name would clash.
+RESERVED_COLUMNS = (
+    "query_embedding", "match_count", "filter", "chunks_per_row", "similarity", "match_chunk", "match_start",
+    "match_end", "match_text", "query_text", "full_text_weight", "semantic_weight", "rrf_k", "candidates",
+    "rrf_score", "text_rank",
+)  # fmt: skip
 TEXT_TYPES = ("text", "varchar", "bpchar")
 MAX_IDENTIFIER = 63  # bytes: PostgreSQL cuts longer names
 
@@ -77,9 +82,14 @@ def _resolve(conn: psycopg.Connection, config: SourceConfig, oid: int, schema: s
         if reserved in columns:
             raise ConfigError(
                 f"{where}{qualified} has a column named {reserved!r}, "
-                "which the search function uses for its own parameters and result"
+                "which the search functions use for their own parameters and results"
             )
     keys = _check_key(conn, where, qualified, oid, config, columns)
+    if not _scalar(conn, query("catalog", "search_config"), {"name": config.search_config}):
+        raise ConfigError(
+            f"{where}search_config {config.search_config!r} is not a text search configuration of pg_catalog "
+            "(simple, english, german, ...: SELECT cfgname FROM pg_ts_config)"
+        )
     _check_row_security(conn, where, qualified, oid)
     store_schema, _, store_name = (config.target or f"{schema}.{name}_embeddings").rpartition(".")
     if len(store_name.encode()) > MAX_IDENTIFIER:

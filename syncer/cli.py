@@ -153,7 +153,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def _status_row(s: report.Status) -> tuple[object, ...]:
     q = s.queue
     rows = f"~{s.rows}" if s.rows_estimated else s.rows
-    embedded = f"~{s.embedded}" if s.embedded_estimated else s.embedded
+    embedded = f"~{s.embedded} vectors" if s.embedded_estimated else s.embedded
+    if s.vectors is not None and s.vectors != s.embedded:
+        embedded = f"{s.embedded} ({s.vectors} chunks)"
     return (s.source, rows, embedded, q.pending, q.failing, q.dead, _age(q.oldest_seconds), q.last_error)
 
 
@@ -204,12 +206,21 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
     source = source_by_name(db, settings, args.source)
     provider = load_provider(settings)
+    filter = json.loads(args.filter) if args.filter else None
     with db.connect() as conn:
-        headers, rows = search.top(
-            conn, source, provider.embed_query(args.text), args.k, json.loads(args.filter) if args.filter else None
-        )
-    print(report.format_table(headers, rows))
+        text = args.text if args.hybrid else None
+        headers, rows = search.top(conn, source, provider.embed_query(args.text), args.k, filter, text)
+    shown = [
+        i
+        for i, h in enumerate(headers)
+        if h not in SEARCH_HIDDEN and (h not in SEARCH_SPARSE or any(r[i] is not None for r in rows))
+    ]
+    print(report.format_table([headers[i] for i in shown], [tuple(r[i] for i in shown) for r in rows]))
     return 0
+
+
+SEARCH_HIDDEN = ("match_chunk", "match_start", "match_end")  # in `syncer search`'s table: the passage says it
+SEARCH_SPARSE = ("match_text", "text_rank")  # shown when some row has one
 
 
 def source_by_name(db: Database, settings: Settings, name: str) -> Source:
@@ -296,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("-k", type=int, default=5, help="rows to show (default 5)")
     search.add_argument("--filter", help='JSON the rows must contain, e.g. \'{"lang": "en"}\'')
+    search.add_argument("--hybrid", action="store_true", help="rank by full-text and vector search together")
     drop = sub.add_parser("drop", help="remove a source's store, queue, triggers and search function")
     drop.add_argument("source")
     reembed_cmd = sub.add_parser(

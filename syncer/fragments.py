@@ -20,7 +20,7 @@ WHITESPACE = (
 )
 PARAGRAPH = "\n\n"
 ALIASES = "tqecpkb"  # source row, queue row, stored vector, current row, picked row, kept row, batch row
-JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g", "b_is_e", "t_is_b")
+JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g", "b_is_e", "t_is_b", "e_is_c")
 
 
 def column(alias: str | None, name: str) -> sql.Identifier:
@@ -95,6 +95,11 @@ def vector_parts(schema: str | None) -> dict[str, sql.Composable]:
     }
 
 
+def search_config(source: Source) -> sql.Composed:
+    """The source's text search configuration, as a value no search_path can redirect."""
+    return sql.SQL("{}::pg_catalog.regconfig").format(sql.Literal(f"pg_catalog.{source.config.search_config}"))
+
+
 @cache
 def _parts(source: Source) -> dict[str, sql.Composable]:
     vector = vector_parts(source.vector_schema) if source.vector_schema else {}
@@ -106,6 +111,14 @@ def _parts(source: Source) -> dict[str, sql.Composable]:
         | {j: keys_equal(source, j[0], j[-1]) for j in JOINS}
         | {"t_is_e_qualified": keys_equal(source, "t", "e", qualified=True)}
         | {"b_keys_desc": keys_descending(source, "b")}
+        | {"search_config": search_config(source)}
+        | {
+            "s_or_f_keys": sql.SQL(", ").join(
+                sql.SQL("COALESCE({}, {}) AS {}").format(column("s", k), column("f", k), sql.Identifier(k))
+                for k in source.keys
+            )
+        }
+        | {"s_is_f_qualified": keys_equal(source, "s", "f", qualified=True)}
     )
 
 

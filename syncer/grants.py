@@ -13,7 +13,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
-from . import fragments, tables
+from . import fragments, search, tables
 from .database import transaction
 from .errors import ConfigError
 from .queries import query
@@ -47,7 +47,8 @@ def _schemas(source: Source) -> list[str]:
 def _per_source(kind: Kind, source: Source, role: sql.Identifier) -> sql.Composed:
     parts = fragments.parts(source)
     if kind == "reader":
-        return query("grants", "reader_source", **parts, role=role, search_fn=source.search_fn)
+        functions = sql.SQL(", ").join(sql.SQL(signature) for signature in search.signatures(source).values())
+        return query("grants", "reader_source", **parts, role=role, functions=functions)
     read = tuple(dict.fromkeys(source.keys + source.config.text_columns))
     columns = sql.SQL(", ").join(map(sql.Identifier, read))
     index_fn = tables.index_parts(source)["index_fn"]

@@ -33,13 +33,17 @@ WANTED = {  # a batch row (b) is queued when ...
     "missing": sql.SQL("b.text IS NOT NULL AND e.content_hash IS NULL"),  # it has text and no vector
     # its vector is missing, or not of its text, or there though it has no text (NULL is distinct from a hash)
     "stale": sql.SQL("e.content_hash IS DISTINCT FROM sha256(convert_to(b.text, 'UTF8'))"),
+    "all": sql.SQL("b.text IS NOT NULL OR e.content_hash IS NOT NULL"),  # every row with text or a vector
 }
-# A key already queued stays as it is; with ``revive``, a dead one starts afresh (its text has changed).
+# A key already queued stays as it is; with ``revive``, a dead one starts afresh (its text has changed); with
+# "all", every one starts afresh and makes its vectors again (its text is the same, its chunks are not).
 KEEP = sql.SQL("ON CONFLICT DO NOTHING")
-REVIVE = sql.SQL(
-    "ON CONFLICT ({keys}) DO UPDATE SET attempts = 0, last_error = NULL, first_failed_at = NULL, "
-    "last_failed_at = NULL, dead_at = NULL, not_before = now(), queued_at = now() WHERE q.dead_at IS NOT NULL"
+AFRESH = (
+    "attempts = 0, last_error = NULL, first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL, "
+    "not_before = now(), queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END"
 )
+REVIVE = sql.SQL("ON CONFLICT ({keys}) DO UPDATE SET " + AFRESH + " WHERE q.dead_at IS NOT NULL")
+REFRESH = sql.SQL("ON CONFLICT ({keys}) DO UPDATE SET refresh = true, " + AFRESH)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Change:
     hash: bytes | None
     stored_hash: bytes | None
     stored_model: str | None
+    refresh: bool = False  # make its vectors again, though its text is what is stored
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,17 @@ class Batch:
             unstore=tuple(c for c in self.unstore if c.seq in seqs),
             unchanged=tuple(c for c in self.unchanged if c.seq in seqs),
         )
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One vector of a key: its chunk number and offsets, the chunk's text (None: the whole text)."""
+
+    chunk: int
+    start: int
+    end: int
+    text: str | None
+    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -127,7 +143,7 @@ def plan(source: Source, token: uuid.UUID, changes: list[Change], model_id: str)
     for change in changes:
         if change.text is None:
             unstore.append(change)
-        elif change.hash == change.stored_hash and change.stored_model == model_id:
+        elif change.hash == change.stored_hash and change.stored_model == model_id and not change.refresh:
             unchanged.append(change)
         else:
             embed.append(change)
@@ -162,7 +178,7 @@ def settle(
     conn: psycopg.Connection,
     batch: Batch,
     model_id: str,
-    vectors: dict[int, np.ndarray],
+    vectors: dict[int, list[Piece]],
     errors: dict[int, str],
     failures: Failures,
     lock_timeout: float = 2.0,
@@ -172,7 +188,7 @@ def settle(
     one of them (inserting into an HNSW index costs milliseconds a row), and never longer than
     ``lock_timeout`` for a lock syncer waits on (an index being built, say).
 
-    ``vectors`` and ``errors`` are keyed by seq. Raises ``StoreChanged`` if this worker's model
+    ``vectors`` (each key's chunks) and ``errors`` are keyed by seq. Raises ``StoreChanged`` if this worker's model
     or text definition is no longer the applied one (nothing more is written then).
     """
     total = Outcome()
@@ -190,16 +206,18 @@ def _settle(
     conn: psycopg.Connection,
     batch: Batch,
     model_id: str,
-    vectors: dict[int, np.ndarray],
+    vectors: dict[int, list[Piece]],
     errors: dict[int, str],
     failures: Failures,
     lock_timeout: float,
 ) -> Outcome:
-    stored = [c for c in batch.embed if c.seq in vectors]
+    pieces = [(c, p) for c in batch.embed for p in vectors.get(c.seq, [])]
     failed = {c.seq: errors[c.seq] for c in batch.embed if c.seq in errors}
     arms: list[tuple[str, list[int], dict[str, Any]]] = [
-        ("store", [c.seq for c in stored], {
-            "hashes": [c.hash for c in stored], "embeddings": [vectors[c.seq] for c in stored], "model": model_id,
+        ("store", [c.seq for c, _ in pieces], {
+            "hashes": [c.hash for c, _ in pieces], "chunks": [p.chunk for _, p in pieces],
+            "starts": [p.start for _, p in pieces], "ends": [p.end for _, p in pieces],
+            "texts": [p.text for _, p in pieces], "embeddings": [p.vector for _, p in pieces], "model": model_id,
         }),
         ("unstore", [c.seq for c in batch.unstore], {}),
         ("ack", [c.seq for c in batch.unchanged], {}),
@@ -287,7 +305,7 @@ def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
 def enqueue(
     conn: psycopg.Connection,
     source: Source,
-    kind: Literal["missing", "stale"],
+    kind: Literal["missing", "stale", "all"],
     *,
     batched: bool = True,
     revive: bool = False,
@@ -299,11 +317,13 @@ def enqueue(
     transaction already); else in one statement. ``revive``: dead keys among them start afresh.
     """
     rows = BATCH_ROWS if batched else None
+    keys = fragments.key_list(source)
     conflict: dict[str, sql.Composable] = {
-        "on_conflict": REVIVE.format(keys=fragments.key_list(source)) if revive else KEEP
+        "on_conflict": REFRESH.format(keys=keys) if kind == "all" else REVIVE.format(keys=keys) if revive else KEEP,
+        "refresh": sql.Literal(kind == "all"),
     }
     queued = _keyset(conn, source, "enqueue_rows", "t", {"wanted_test": WANTED[kind], **conflict}, rows)
-    if kind == "stale":
+    if kind != "missing":
         queued += _keyset(conn, source, "enqueue_orphans", "e", conflict, rows)
     return queued
 

@@ -57,7 +57,12 @@ def reembed(db: Database, settings: Settings, provider: Provider, source: Source
 def _refuse_dependents(conn: psycopg.Connection, source: Source) -> None:
     """Before any work: what a switch could not carry to the new store (it would fail, or lose it)."""
     with transaction(conn):
-        params = {"store": source.store.as_string(None), "index": f"{source.store_schema}.{source.index_name}"}
+        params = {
+            "store": source.store.as_string(None),
+            "index": f"{source.store_schema}.{source.index_name}",
+            "fts_index": f"{source.store_schema}.{tables.fts_index_name(source)}",
+            "chunk_index": f"{source.store_schema}.{tables.chunk_index_name(source)}",
+        }
         if not exists(conn, source.store_schema, source.store_name):
             return
         found = [row[0] for row in conn.execute(query("reembed", "dependents"), params)]
@@ -81,8 +86,7 @@ def _begin(conn: psycopg.Connection, source: Source, shadow: Source, provider: P
     params = {"name": source.name, "model": provider.model_id, "dimensions": provider.dimensions}
     conn.execute(query("reembed", "begin"), params)
     tables.create_queue(conn, shadow)
-    if not exists(conn, shadow.store_schema, shadow.store_name):
-        tables.create_store(conn, shadow, provider.model_id, provider.dimensions)
+    tables.create_store(conn, shadow, provider.model_id, provider.dimensions)
 
 
 def _drain(db: Database, settings: Settings, provider: Provider, shadow: Source) -> int:

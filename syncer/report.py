@@ -39,8 +39,9 @@ class Status:
     source: str
     rows: int | None
     rows_estimated: bool
-    embedded: int | None
+    embedded: int | None  # rows with vectors (when estimated: vectors)
     embedded_estimated: bool
+    vectors: int | None  # chunks, counted (None: estimated, or a store that is not counted)
     queue: QueueState
 
     def as_json(self) -> dict[str, Any]:
@@ -55,20 +56,23 @@ def queue_state(conn: psycopg.Connection, source: Source) -> QueueState:
 
 
 def status(conn: psycopg.Connection, source: Source) -> Status:
-    rows, rows_estimated = _rows(conn, source.table)
-    embedded, embedded_estimated = _rows(conn, source.store)
-    return Status(source.name, rows, rows_estimated, embedded, embedded_estimated, queue_state(conn, source))
-
-
-def _rows(conn: psycopg.Connection, table: sql.Identifier) -> tuple[int | None, bool]:
-    """(rows, estimated): the planner's estimate of a large table, an exact count of a small one."""
     with transaction(conn):
-        row = conn.execute(query("report", "estimate"), {"table": table.as_string(None)}).fetchone()
-        estimate = row[0] if row else None
-        if estimate is not None and estimate >= EXACT_BELOW:
-            return int(estimate), True
-        counted = conn.execute(query("report", "count", table=table)).fetchone()
-    return (int(counted[0]) if counted else None), False
+        rows, rows_estimated = _estimate(conn, source.table), True
+        if rows is None or rows < EXACT_BELOW:
+            counted = conn.execute(query("report", "count", table=source.table)).fetchone()
+            rows, rows_estimated = (int(counted[0]) if counted else None), False
+        embedded, vectors = _estimate(conn, source.store), None
+        estimated = embedded is not None and embedded >= EXACT_BELOW
+        if not estimated:
+            counted = conn.execute(query("report", "count_store", store=source.store)).fetchone()
+            embedded, vectors = (int(counted[0]), int(counted[1])) if counted else (None, None)
+    return Status(source.name, rows, rows_estimated, embedded, estimated, vectors, queue_state(conn, source))
+
+
+def _estimate(conn: psycopg.Connection, table: sql.Identifier) -> int | None:
+    """The planner's row count of a table (None: never analyzed)."""
+    row = conn.execute(query("report", "estimate"), {"table": table.as_string(None)}).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def queued(conn: psycopg.Connection, source: Source) -> int:

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import psycopg
 from alembic import command
@@ -33,7 +33,7 @@ from .providers import Provider
 from .queries import query
 from .registry import Registration
 from .settings import Settings
-from .sources import Source, describe
+from .sources import Source, describe, same_text
 from .wakeup import backoff
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ OBJECTS_VERSION = "2"  # part of every fingerprint: a release that renders objec
 LOCK_RETRY_BASE, LOCK_RETRY_CAP = 1.0, 30.0  # seconds between attempts at DDL that gave way to the application
 
 T = TypeVar("T")
+Requeue = Literal["stale", "all"] | None  # which rows an apply makes stale: of other text, or every one
 
 
 def migrations_dir() -> Path:
@@ -193,15 +194,15 @@ def apply_source(
         raise ConfigError(f"source {source.name!r}: its store {source.qualified_store} belongs to source {other!r}")
     objects = fingerprint(conn, source, settings.notify)
     partitions = capture.missing_partitions(conn, source)
-    adopted = False
+    requeue: Requeue = None
     if registration is None or partitions or not _up_to_date(conn, source, registration, objects, settings.notify):
         install = lambda: _install(conn, source, provider, objects, settings)  # noqa: E731
-        adopted = _giving_way(conn, source, install, stopping)
+        requeue = _giving_way(conn, source, install, stopping)
     elif not _up_to_date(conn, source, registration, objects, settings.notify, search_too=True):
         _install_search(conn, source, objects)  # the table's columns changed: its search function only
     registration = registry.read(conn, source.name)
     assert registration is not None
-    queued = queue.enqueue(conn, source, "stale", revive=True) if adopted else 0
+    queued = queue.enqueue(conn, source, requeue, revive=True) if requeue else 0
     if not registration.backfilled or partitions:
         queued += queue.enqueue(conn, source, "missing")
         with transaction(conn):
@@ -212,27 +213,29 @@ def apply_source(
     return queued
 
 
-def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> bool:
-    """Create or replace the source's objects in one transaction; True if a new text definition was adopted."""
+def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> Requeue:
+    """Create or replace the source's objects in one transaction; returns which rows that makes stale."""
     with transaction(conn):
         lock_applies(conn)
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(settings.lock_timeout * 1000)}ms"])
         registry.lock(conn, source)
         tables.create_queue(conn, source)
-        if not catalog.exists(conn, source.store_schema, source.store_name):
-            tables.create_store(conn, source, provider.model_id, provider.dimensions)
+        upgraded = tables.create_store(conn, source, provider.model_id, provider.dimensions)
         catalog.check_store_security(conn, source)
         capture.install(conn, source, settings.notify)
         tables.install_index_function(conn, source)
         search.install(conn, source)
         registration = registry.record(conn, source, provider.model_id, provider.dimensions)
-        adopted = registration.definition not in (None, source.definition)
-        if registration.definition != source.definition:
+        applied = registration.definition
+        requeue: Requeue = "all" if upgraded else None
+        if applied != source.definition:
             registry.adopt(conn, source)
-            if adopted:
+            if applied is not None:  # not a first record: rows embedded under another definition
                 log.info("%s: now embeds %s", source.name, describe(source.definition))
+                # other text: the rows whose text changed; same text, other chunks or search config: every row
+                requeue = "all" if upgraded or same_text(applied, source.definition) else "stale"
         registry.installed(conn, source, objects)
-    return adopted
+    return requeue
 
 
 def _install_search(conn: psycopg.Connection, source: Source, objects: str) -> None:
@@ -297,7 +300,7 @@ def _up_to_date(
     triggers, functions = capture.signatures(source, notify)
     functions.append(tables.index_function_signature(source))
     if search_too:
-        functions.append(search.signature(source))
+        functions += search.signatures(source).values()
     return (
         recorded[: len(wanted) if search_too else 1] == wanted[: len(wanted) if search_too else 1]
         and registration.definition == source.definition
@@ -337,8 +340,8 @@ def check_applied(
             f"{provider.dimensions}-dimensional vectors"
         )
     applied = registration.definition
-    if applied is None or applied == source.definition:
-        return
+    if applied is None or applied == source.definition or "chunking" not in applied:
+        return  # the same, or recorded before 0.2 (upgraded by this apply, its rows embedded again)
     if applied.get("key") != source.definition["key"]:
         raise ConfigError(
             f"{where}the configured key ({', '.join(source.keys)}) is not the applied one "

@@ -33,6 +33,21 @@ def _split_qualified(name: str, what: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
+class ChunkSize(BaseModel):
+    """Chunks of at most ``max_tokens`` tokens (the document prompt counted in), overlapping by up to ``overlap``."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    max_tokens: int = Field(ge=8)
+    overlap: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> Self:
+        if self.overlap >= self.max_tokens:
+            raise ValueError(f"overlap {self.overlap} must be smaller than max_tokens {self.max_tokens}")
+        return self
+
+
 class SourceConfig(BaseModel):
     """One table whose text syncer keeps embedded."""
 
@@ -44,6 +59,10 @@ class SourceConfig(BaseModel):
     key: tuple[str, ...] = ()
     target: str | None = None
     name: str | None = None
+    # "auto": a text within the model's input limit is one vector, a longer one is split at that limit;
+    # "none": one vector per row, the text cut to the limit; or chunks of a size of your own.
+    chunking: Literal["auto", "none"] | ChunkSize = "auto"
+    search_config: str = "simple"  # the text search configuration of hybrid search (pg_catalog's)
 
     @field_validator("table")
     @classmethod
@@ -59,6 +78,11 @@ class SourceConfig(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError(f"columns {list(value)} repeat a name")
         return value
+
+    @field_validator("search_config")
+    @classmethod
+    def _search_config(cls, value: str) -> str:
+        return _check_identifier(value, "search_config")
 
     @field_validator("target")
     @classmethod

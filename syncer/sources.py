@@ -7,6 +7,7 @@ A source's objects: its queue (``syncer.<name>_queue``), capture triggers, the e
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -66,13 +67,28 @@ class Source:
         return sql.Identifier(SYNCER_SCHEMA, f"search_{self.name}")
 
     @property
+    def hybrid_fn(self) -> sql.Identifier:
+        return sql.Identifier(SYNCER_SCHEMA, f"hybrid_search_{self.name}")
+
+    @property
     def definition(self) -> dict[str, Any]:
-        """What decides a row's text and its identity: recorded when applied, compared at every start."""
+        """What decides a row's text, its identity and what is stored of it: recorded when applied,
+        compared at every start and by every settle."""
         template = self.config.template
         text: dict[str, Any] = (
             {"template": template} if template is not None else {"columns": list(self.config.columns)}
         )
-        return text | {"key": list(self.keys)}
+        chunking = self.config.chunking
+        return text | {
+            "key": list(self.keys),
+            "chunking": chunking if isinstance(chunking, str) else chunking.model_dump(),
+            "search_config": self.config.search_config,
+        }
+
+    @property
+    def chunked(self) -> bool:
+        """Whether a row may have several vectors (chunks): its search function ranks rows by their best."""
+        return self.config.chunking != "none"
 
     def with_queue(self, queue_name: str) -> Source:
         return replace(self, queue_name=queue_name)
@@ -95,4 +111,15 @@ def describe(definition: dict[str, Any]) -> str:
         if "template" in definition
         else "columns " + ", ".join(definition.get("columns", []))
     )
-    return f"{text}; key {', '.join(definition.get('key', []))}"
+    described = f"{text}; key {', '.join(definition.get('key', []))}"
+    chunking = definition.get("chunking", "auto")
+    if chunking != "auto":
+        described += f"; chunking {chunking if isinstance(chunking, str) else json.dumps(chunking)}"
+    if definition.get("search_config", "simple") != "simple":
+        described += f"; search_config {definition['search_config']}"
+    return described
+
+
+def same_text(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two definitions make the same text of a row (their key, chunking or search config aside)."""
+    return (a.get("template"), a.get("columns")) == (b.get("template"), b.get("columns"))

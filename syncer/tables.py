@@ -15,7 +15,8 @@ from .sources import SYNCER_SCHEMA, Source
 log = logging.getLogger(__name__)
 
 MODEL_CONSTRAINT = "syncer_one_model"  # the store's CHECK that only its model's vectors go in
-DEAD_LETTER_COLUMN = "dead_at"  # present once a queue has the dead-letter columns
+QUEUE_COLUMNS = ("dead_at", "refresh")  # present once a queue is of 0.2
+CHUNK_COLUMN = "chunk"  # present once a store holds chunks
 
 
 def create_queue(conn: psycopg.Connection, source: Source) -> None:
@@ -29,8 +30,8 @@ def create_queue(conn: psycopg.Connection, source: Source) -> None:
 
 
 def _current(conn: psycopg.Connection, oid: int, source: Source) -> bool:
-    columns: list[str] = (conn.execute(query("tables", "queue_columns"), {"oid": oid}).fetchone() or [[]])[0]
-    return DEAD_LETTER_COLUMN in columns and catalog.exists(conn, SYNCER_SCHEMA, _lease_index(source))
+    columns = _columns(conn, oid)
+    return all(c in columns for c in QUEUE_COLUMNS) and catalog.exists(conn, SYNCER_SCHEMA, _lease_index(source))
 
 
 def _lease_index(source: Source) -> str:
@@ -41,18 +42,51 @@ def _queue_upgrade(source: Source) -> sql.Composed:
     return query("tables", "queue_dead_letters", queue=source.queue, lease_index=sql.Identifier(_lease_index(source)))
 
 
-def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> None:
-    """An empty store for ``dimensions``-long vectors that only ``model_id`` may write."""
-    conn.execute(
-        query(
-            "tables",
-            "create_store",
-            **fragments.parts(source),
-            dimensions=sql.Literal(dimensions),
-            model=sql.Literal(model_id),
-            model_constraint=sql.Identifier(MODEL_CONSTRAINT),
+def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:
+    """The store for ``dimensions``-long vectors that only ``model_id`` may write, created or brought up to
+    date (a store of 0.1 gains chunks and the text search column: True, its rows need embedding again)."""
+    oid = catalog.relation(conn, source.store_schema, source.store_name)
+    if oid is None:
+        conn.execute(
+            query(
+                "tables",
+                "create_store",
+                **fragments.parts(source),
+                dimensions=sql.Literal(dimensions),
+                model=sql.Literal(model_id),
+                model_constraint=sql.Identifier(MODEL_CONSTRAINT),
+            )
         )
-    )
+        oid = catalog.relation(conn, source.store_schema, source.store_name)
+    elif CHUNK_COLUMN in _columns(conn, oid):
+        return False
+    row = conn.execute(query("tables", "primary_key"), {"oid": oid}).fetchone()
+    assert row is not None, f"{source.qualified_store} has no primary key"
+    conn.execute(_store_upgrade(source, row[0]))
+    return True
+
+
+def fts_index_name(source: Source) -> str:
+    return f"syncer_{source.name}_fts"
+
+
+def chunk_index_name(source: Source) -> str:
+    """An index on chunk numbers: the longest row's count of chunks, in an instant, for the search functions."""
+    return f"syncer_{source.name}_chunks"
+
+
+def _store_upgrade(source: Source, primary_key: str) -> sql.Composed:
+    indexes = {
+        "fts_index": sql.Identifier(fts_index_name(source)),
+        "chunk_index": sql.Identifier(chunk_index_name(source)),
+    }
+    parts = fragments.parts(source) | {"primary_key": sql.Identifier(primary_key)} | indexes
+    return query("tables", "store_chunks", **parts)
+
+
+def _columns(conn: psycopg.Connection, oid: int) -> list[str]:
+    row = conn.execute(query("tables", "queue_columns"), {"oid": oid}).fetchone()
+    return list(row[0]) if row and row[0] else []
 
 
 def index_parts(source: Source) -> dict[str, sql.Composable]:

@@ -15,10 +15,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import psycopg
 
-from . import embedding, metrics, queue, report, tables
+from . import chunking, embedding, metrics, queue, report, tables
 from .database import Database, transaction
 from .errors import ProviderError
 from .http import Health
@@ -77,6 +76,7 @@ class Worker:
         self.options = options
         self.progress = progress or {}
         self.health = health or Health(options.max_batch_seconds)
+        self.chunkers = {source.name: chunking.chunker(source.config, provider) for source in source_list}
         self.wakeup = Wakeup(db, options.poll_interval)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
@@ -173,17 +173,37 @@ class Worker:
         self.leases.hold(batch)
         return batch
 
-    def _embed(self, batch: queue.Batch) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-        todo = batch.embed
-        texts = [c.text for c in todo if c.text is not None]
+    def _embed(self, batch: queue.Batch) -> tuple[dict[int, list[queue.Piece]], dict[int, str]]:
+        """Each key's chunks embedded, or the key's error (one chunk's error is its row's)."""
+        split = self.chunkers[batch.source.name]
+        texts, labels, owners = [], [], []
+        for change in batch.embed:
+            assert change.text is not None  # planned: rows with no text are unstored, not embedded
+            chunks = split.split(change.text)
+            for number, chunk in enumerate(chunks):
+                texts.append(change.text if chunk.text is None else chunk.text)
+                labels.append(change.key if len(chunks) == 1 else f"{change.key} chunk {number}")
+                owners.append((change.seq, number, chunk))
         o = self.options
-        result = embedding.embed(self.provider, texts, [c.key for c in todo], o.on_too_long, o.provider_name)
-        vectors = {todo[i].seq: v for i, v in result.vectors.items()}
-        errors = {todo[i].seq: e for i, e in result.errors.items()}
-        return vectors, errors
+        result = embedding.embed(self.provider, texts, labels, o.on_too_long, o.provider_name)
+        errors: dict[int, str] = {}
+        vectors: dict[int, list[queue.Piece]] = {}
+        for position, (seq, number, chunk) in enumerate(owners):
+            if position in result.errors:
+                errors.setdefault(
+                    seq, result.errors[position] if number == 0 else f"chunk {number}: {result.errors[position]}"
+                )
+            else:
+                piece = queue.Piece(number, chunk.start, chunk.end, chunk.text, result.vectors[position])
+                vectors.setdefault(seq, []).append(piece)
+        return {seq: pieces for seq, pieces in vectors.items() if seq not in errors}, errors
 
     def _settle(
-        self, conn: psycopg.Connection, batch: queue.Batch, vectors: dict[int, np.ndarray], errors: dict[int, str]
+        self,
+        conn: psycopg.Connection,
+        batch: queue.Batch,
+        vectors: dict[int, list[queue.Piece]],
+        errors: dict[int, str],
     ) -> int:
         o = self.options
         outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, o.failures, o.lock_timeout)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from syncer import schema
+from syncer import queue, schema
 from syncer.database import Database
 from syncer.providers import Provider
 from syncer.settings import Settings, SourceConfig
@@ -111,3 +111,8 @@ def login_role(conn: psycopg.Connection, *grants: str, options: str = "") -> Ite
 def as_role(url: str, role: str) -> str:
     """``url`` logging in as ``role``."""
     return make_conninfo(**(conninfo_to_dict(url) | {"user": role, "password": ROLE_PASSWORD}))
+
+
+def whole(text: str | None, vector: np.ndarray) -> list[queue.Piece]:
+    """A settle's vectors for a row embedded whole: one chunk, the whole text."""
+    return [queue.Piece(0, 0, len(text or ""), None, vector)]

@@ -136,3 +136,13 @@ class NulErrorEmbedder(HashEmbedder):
         if any("BAD" in t for t in texts):
             raise ValueError("bad\x00input \udc80")
         return super().embed_documents(texts)
+
+
+class WordEmbedder(HashEmbedder):
+    """Counts words as tokens (two more for the prompt and special tokens), at most 16: texts get chunked."""
+
+    model_id = "test/words-16"
+    max_input_tokens = 16
+
+    def fit(self, text: str) -> tuple[str, int]:
+        return text, len(text.split()) + 2

@@ -16,7 +16,7 @@ from syncer.database import Database
 from syncer.settings import Settings
 from syncer.worker import Worker, WorkerOptions
 
-from helpers import make_settings, queue_depth, sha256, stored, sync_once
+from helpers import make_settings, queue_depth, sha256, stored, sync_once, whole
 from providers import HashEmbedder, hash_vector
 
 DOCS = {"table": "docs", "columns": ["body"]}
@@ -101,12 +101,12 @@ def test_a_settle_that_finds_its_lease_taken_writes_nothing_and_says_so(
         time.sleep(0.3)  # the zombie's lease runs out, unrenewed
         other = queue.claim(other_conn, source, provider.model_id, 10, 10**6, lease_seconds=60)
         assert len(other) == 4
-        bogus = {c.seq: -hash_vector(c.text) for c in zombie.embed}
+        bogus = {c.seq: whole(c.text, -hash_vector(c.text)) for c in zombie.embed}
         with caplog.at_level(logging.WARNING):
             outcome = queue.settle(zombie_conn, zombie, provider.model_id, bogus, {}, FAILURES)
         assert (outcome.stored, outcome.released, outcome.taken) == (0, 0, 4)
         assert "docs: the lease on 4 rows ran out" in caplog.text
-        good = {c.seq: hash_vector(c.text) for c in other.embed}
+        good = {c.seq: whole(c.text, hash_vector(c.text)) for c in other.embed}
         assert queue.settle(other_conn, other, provider.model_id, good, {}, FAILURES).stored == 4
     bodies = dict(conn.execute("SELECT id, body FROM docs WHERE body IS NOT NULL").fetchall())
     assert {k: v[1] for k, v in stored(conn).items()} == {k: sha256(b) for k, b in bodies.items()}
@@ -123,7 +123,7 @@ def test_the_deferred_index_waits_for_rows_in_hand(conn: psycopg.Connection, db_
         other = queue.claim(other_conn, source, provider.model_id, 100, 10**7, lease_seconds=60)
         sync_once(settings, provider)  # finds nothing to claim: another worker is still loading the store
         assert conn.execute(index).fetchone() == (None,)
-        vectors = {c.seq: hash_vector(c.text) for c in other.embed}
+        vectors = {c.seq: whole(c.text, hash_vector(c.text)) for c in other.embed}
         assert queue.settle(other_conn, other, provider.model_id, vectors, {}, FAILURES).stored == 50
     sync_once(settings, provider)
     assert conn.execute(index).fetchone() == ("syncer_docs_hnsw",)

@@ -17,7 +17,7 @@ from syncer import schema
 from syncer.database import Database
 from syncer.providers import ProviderFatal, load_provider
 from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider
-from syncer.settings import Settings
+from syncer.settings import Settings, SourceConfig
 from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, stored, sync_once, syncer_env, syncer_process
@@ -208,11 +208,13 @@ def test_bad_key_or_exhausted_quota_stops_the_worker_and_charges_no_row(
         assert conn.execute("SELECT max(attempts) FROM syncer.docs_queue").fetchone()[0] in (0, None)
 
 
-def test_over_long_input_is_cut_with_a_warning_or_recorded(
+def test_over_long_input_is_cut_with_a_warning_or_recorded_without_chunking(
     conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn.execute("UPDATE docs SET body = repeat('word ', 9000) WHERE id = 3")
-    settings = openai_settings(db_url, server)
+    settings = openai_settings(db_url, server).model_copy(
+        update={"sources": [SourceConfig(table="docs", columns=("body",), chunking="none")]}
+    )
     with caplog.at_level(logging.WARNING):
         sync_once(settings, load_provider(settings))
     assert "rows cut to fit text-embedding-3-small@64's 8191-token input: 3 9000 tokens" in caplog.text
@@ -220,10 +222,23 @@ def test_over_long_input_is_cut_with_a_warning_or_recorded(
     assert 3 in stored(conn)
 
     conn.execute("UPDATE docs SET body = repeat('word ', 9001) WHERE id = 3")
-    settings = openai_settings(db_url, server, on_too_long="error")
+    settings = settings.model_copy(update={"on_too_long": "error"})
     sync_once(settings, load_provider(settings))
     error = conn.execute("SELECT last_error FROM syncer.docs_queue WHERE id = 3").fetchone()[0]
     assert error.startswith("input too long: 9001 tokens")
+
+
+def test_over_long_input_is_chunked_by_default(
+    conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
+) -> None:
+    conn.execute("UPDATE docs SET body = repeat('word ', 9000) WHERE id = 3")
+    settings = openai_settings(db_url, server)
+    sync_once(settings, load_provider(settings))
+    chunks = conn.execute(
+        "SELECT chunk, chunk_start, chunk_end, length(chunk_text) FROM docs_embeddings WHERE id = 3 ORDER BY chunk"
+    ).fetchall()
+    assert len(chunks) == 2 and chunks[0][1] == 0 and chunks[-1][2] == len("word " * 9000) - 1
+    assert max(len(encoding().encode(t)) for t in sent(server)) <= 8191
 
 
 def test_dimensions_are_learned_from_the_endpoint_and_the_key_checked_at_start(server: FakeOpenAI) -> None:

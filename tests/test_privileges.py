@@ -73,7 +73,10 @@ def test_owner_applies_worker_syncs_reader_searches_app_writes(roles: Roles) -> 
     assert f'GRANT SELECT ("id", "title", "body") ON "public"."docs" TO "{roles.worker}";' in worker_grants
     assert "secret" not in worker_grants
     reader_grants = roles.ok(roles.owner, "grant", "reader", roles.reader)
-    assert f'GRANT SELECT ("id", embedding) ON "public"."docs_embeddings" TO "{roles.reader}";' in reader_grants
+    assert (
+        f'GRANT SELECT ("id", chunk, chunk_start, chunk_end, chunk_text, embedding, fts) ON "public"."docs_embeddings" '
+        f'TO "{roles.reader}";'
+    ) in reader_grants
 
     roles.ok(roles.worker, "run", "--once", SYNCER_APPLY="never")
     with psycopg.connect(as_role(roles.url, roles.app), autocommit=True) as app:

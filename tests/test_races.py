@@ -10,7 +10,7 @@ import psycopg
 from syncer import queue, schema
 from syncer.database import Database
 
-from helpers import make_settings, queue_depth, sha256, stored, sync_once
+from helpers import make_settings, queue_depth, sha256, stored, sync_once, whole
 from providers import HashEmbedder, HookedEmbedder, PoisonEmbedder, hash_vector
 
 
@@ -55,7 +55,7 @@ def test_worker_that_lost_its_lease_writes_nothing(conn: psycopg.Connection, doc
         time.sleep(0.3)  # the lease expires while the zombie "embeds"
         sync_once(settings, provider)  # another worker takes the keys over
         good = stored(conn)
-        bogus = {c.seq: -hash_vector(c.text) for c in zombie.embed}
+        bogus = {c.seq: whole(c.text, -hash_vector(c.text)) for c in zombie.embed}
         outcome = queue.settle(zombie_conn, zombie, provider.model_id, bogus, {}, queue.Failures(1.0, 1.0, 10))
 
     assert (outcome.stored, outcome.released) == (0, 0)

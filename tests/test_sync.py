@@ -128,7 +128,17 @@ def test_status_and_search_report(conn: psycopg.Connection, docs: str, db_url: s
     q = status.queue
     assert (status.rows, status.embedded, q.pending, q.failing, q.dead) == (5, 5, 1, 0, 0)
     assert not status.rows_estimated and q.oldest_seconds is not None and q.oldest_seconds >= 0
-    assert headers == ["id", "title", "body", "lang", "similarity"]
+    assert headers == [
+        "id",
+        "title",
+        "body",
+        "lang",
+        "similarity",
+        "match_chunk",
+        "match_start",
+        "match_end",
+        "match_text",
+    ]
     assert rows[0][1] == "Gzip"
 
 

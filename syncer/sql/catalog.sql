@@ -98,3 +98,7 @@ SELECT string_agg(format('pid %%s of %%s, in a transaction for %%s', a.pid, a.us
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.relation IN (to_regclass(%(table)s), to_regclass(%(queue)s)) AND l.granted AND l.pid <> pg_backend_pid()
   AND l.mode <> 'AccessShareLock'
+
+-- name: search_config
+-- Whether pg_catalog has this text search configuration.
+SELECT EXISTS (SELECT FROM pg_ts_config c WHERE c.cfgnamespace = 'pg_catalog'::regnamespace AND c.cfgname = %(name)s)

@@ -12,12 +12,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {queue}, {store} TO {role};
 GRANT EXECUTE ON FUNCTION {index_fn}() TO {role}
 
 -- name: reader_source
--- Per source: call the search function, which reads the source's rows and the store's key and vector
--- (not content_hash: an unsalted hash of the text would let a reader confirm a guess of text it may not read).
+-- Per source: call the search functions, which read the source's rows and the store's keys, chunks, vectors
+-- and tsvectors (not content_hash: an unsalted hash of the text would let a reader confirm a guess of text it
+-- may not read).
 GRANT USAGE ON SCHEMA syncer TO {role};
-GRANT EXECUTE ON FUNCTION {search_fn}({vector}, integer, jsonb) TO {role};
+GRANT EXECUTE ON FUNCTION {functions} TO {role};
 GRANT SELECT ON {table} TO {role};
-GRANT SELECT ({keys}, embedding) ON {store} TO {role}
+GRANT SELECT ({keys}, chunk, chunk_start, chunk_end, chunk_text, embedding, fts) ON {store} TO {role}
 
 -- name: schema_usage
 -- USAGE on a schema, for a role that lacks it (PUBLIC's usual USAGE on public suffices).

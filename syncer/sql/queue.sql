@@ -6,8 +6,8 @@
 WITH batch AS (
     SELECT {t_keys}, {text} AS text FROM {table} t WHERE {after} ORDER BY {t_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} AS q ({keys})
-    SELECT {b_keys} FROM batch b LEFT JOIN {store} e ON {b_is_e}
+    INSERT INTO {queue} AS q ({keys}, refresh)
+    SELECT {b_keys}, {refresh} FROM batch b LEFT JOIN {store} e ON {b_is_e} AND e.chunk = 0
     WHERE {wanted_test}
     {on_conflict}
     RETURNING 1
@@ -18,10 +18,10 @@ SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_des
 -- Reconcile, one keyset batch of the store: queue stored keys whose row is gone (deleted while the triggers
 -- were off, say). Returns how many were queued and the last key seen.
 WITH batch AS (
-    SELECT {e_keys} FROM {store} e WHERE {after} ORDER BY {e_keys} LIMIT %(limit)s
+    SELECT {e_keys} FROM {store} e WHERE e.chunk = 0 AND {after} ORDER BY {e_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} AS q ({keys})
-    SELECT {b_keys} FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
+    INSERT INTO {queue} AS q ({keys}, refresh)
+    SELECT {b_keys}, {refresh} FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
     {on_conflict}
     RETURNING 1
 )
@@ -31,7 +31,7 @@ SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_des
 -- Lease ready keys, oldest change first, up to %(limit)s rows and %(bytes)s bytes of text (at least one row);
 -- read each one's current text and what is stored for it.
 WITH picked AS (
-    SELECT seq, {keys} FROM {queue}
+    SELECT seq, refresh, {keys} FROM {queue}
     WHERE dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
     ORDER BY seq
     LIMIT %(limit)s
@@ -51,10 +51,12 @@ WITH picked AS (
     WHERE q.seq = k.seq
     RETURNING q.seq
 )
-SELECT k.seq, {k_key_text}, k.text, sha256(convert_to(k.text, 'UTF8')), e.content_hash, e.model
+SELECT k.seq, {k_key_text}, k.text, sha256(convert_to(k.text, 'UTF8')),
+       CASE WHEN e.fts IS NOT NULL THEN e.content_hash END,  -- a vector of 0.1 has no tsvector: embed it again
+       e.model, k.refresh
 FROM claimed c
 JOIN kept k ON k.seq = c.seq
-LEFT JOIN {store} e ON {e_is_k}
+LEFT JOIN {store} e ON {e_is_k} AND e.chunk = 0
 ORDER BY k.seq
 
 -- name: renew
@@ -66,23 +68,33 @@ WHERE q.seq = o.seq
 RETURNING q.seq
 
 -- name: store
--- Upsert vectors still ours (lease held, seq unchanged) whose row still has the embedded text; ack them.
+-- Replace the chunks of keys still ours (lease held, seq unchanged) whose row still has the embedded text,
+-- each with its tsvector; ack them. A key's chunks change all at once: fewer than before, the rest go.
 WITH input AS (
-    SELECT * FROM unnest(%(seqs)s::bigint[], %(hashes)b::bytea[], %(embeddings)b::{vector}[]) AS i(seq, hash, embedding)
+    SELECT * FROM unnest(%(seqs)s::bigint[], %(hashes)b::bytea[], %(chunks)s::int[], %(starts)s::int[],
+                         %(ends)s::int[], %(texts)s::text[], %(embeddings)b::{vector}[])
+        AS i(seq, hash, chunk, chunk_start, chunk_end, chunk_text, embedding)
 ), owned AS (
     SELECT q.seq, {q_keys} FROM {queue} q
     WHERE q.seq = ANY(%(seqs)s) AND q.lease_token = %(token)s
     FOR UPDATE SKIP LOCKED
 ), current AS (
-    SELECT o.*, i.hash, i.embedding
-    FROM owned o JOIN input i ON i.seq = o.seq JOIN {table} t ON {t_is_o}
-    WHERE sha256(convert_to({text}, 'UTF8')) = i.hash
+    SELECT o.*, d.text, (SELECT count(*) FROM input i WHERE i.seq = o.seq) AS chunks
+    FROM owned o
+    CROSS JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_o}) d
+    WHERE sha256(convert_to(d.text, 'UTF8')) = (SELECT i.hash FROM input i WHERE i.seq = o.seq LIMIT 1)
+), removed AS (
+    DELETE FROM {store} e USING current c WHERE {e_is_c} AND e.chunk >= c.chunks
 ), stored AS (
-    INSERT INTO {store} AS e ({keys}, embedding, content_hash, model, embedded_at)
-    SELECT {c_keys}, c.embedding, c.hash, %(model)s, now() FROM current c
-    ON CONFLICT ({keys}) DO UPDATE
-    SET embedding = excluded.embedding, content_hash = excluded.content_hash,
-        model = excluded.model, embedded_at = excluded.embedded_at
+    INSERT INTO {store} AS e ({keys}, chunk, chunk_start, chunk_end, chunk_text, embedding, content_hash, model,
+                              fts, embedded_at)
+    SELECT {c_keys}, i.chunk, i.chunk_start, i.chunk_end, i.chunk_text, i.embedding, i.hash, %(model)s,
+           to_tsvector({search_config}, coalesce(i.chunk_text, c.text)), now()
+    FROM current c JOIN input i ON i.seq = c.seq
+    ON CONFLICT ({keys}, chunk) DO UPDATE
+    SET chunk_start = excluded.chunk_start, chunk_end = excluded.chunk_end, chunk_text = excluded.chunk_text,
+        embedding = excluded.embedding, content_hash = excluded.content_hash, model = excluded.model,
+        fts = excluded.fts, embedded_at = excluded.embedded_at
 )
 DELETE FROM {queue} q USING current c WHERE q.seq = c.seq
 RETURNING q.seq, extract(epoch FROM clock_timestamp() - q.queued_at)::float8

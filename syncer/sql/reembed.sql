@@ -11,7 +11,9 @@ SELECT format('trigger %%I', t.tgname) FROM pg_trigger t
 WHERE t.tgrelid = %(store)s::regclass AND NOT t.tgisinternal
 UNION
 SELECT format('index %%s', i.indexrelid::regclass) FROM pg_index i
-WHERE i.indrelid = %(store)s::regclass AND NOT i.indisprimary AND i.indexrelid <> to_regclass(%(index)s)
+WHERE i.indrelid = %(store)s::regclass AND NOT i.indisprimary
+  AND i.indexrelid <> ALL(ARRAY[to_regclass(%(index)s), to_regclass(%(fts_index)s), to_regclass(%(chunk_index)s)]
+                         ::oid[])
 UNION
 SELECT format('publication %%I', p.pubname) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
 WHERE pr.prrelid = %(store)s::regclass

@@ -21,6 +21,10 @@ WHERE (c.oid = %(table)s::regclass AND c.relkind <> 'p')
 -- Rows of a table, counted: for tables small enough that counting is cheap.
 SELECT count(*) FROM {table}
 
+-- name: count_store
+-- Rows with vectors, and vectors (chunks), of a store: for stores small enough that counting is cheap.
+SELECT count(*) FILTER (WHERE chunk = 0), count(*) FROM {store}
+
 -- name: queued
 -- Rows waiting in a source's queue (the size of a progress display); dead rows wait for no one.
 SELECT count(*) FROM {queue} WHERE dead_at IS NULL

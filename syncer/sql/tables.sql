@@ -13,16 +13,18 @@ ALTER TABLE {queue}
 CREATE UNIQUE INDEX ON {queue} (seq);
 
 -- name: queue_dead_letters
--- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries); an
--- index of the leased keys by token (a worker gives back a claim whose answer it lost).
+-- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries); whether
+-- its vectors must be made again though its text is unchanged (another chunking, say); an index of the leased
+-- keys by token (a worker gives back a claim whose answer it lost).
 ALTER TABLE {queue}
     ADD COLUMN IF NOT EXISTS first_failed_at timestamptz,
     ADD COLUMN IF NOT EXISTS last_failed_at timestamptz,
-    ADD COLUMN IF NOT EXISTS dead_at timestamptz;
+    ADD COLUMN IF NOT EXISTS dead_at timestamptz,
+    ADD COLUMN IF NOT EXISTS refresh boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS {lease_index} ON {queue} (lease_token) WHERE lease_token IS NOT NULL
 
 -- name: queue_columns
--- The columns a queue has (an older queue lacks the newer ones).
+-- The columns a table has (an older queue or store lacks the newer ones).
 SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped
 
 -- name: create_store
@@ -36,6 +38,24 @@ ALTER TABLE {store}
     ADD PRIMARY KEY ({keys}),
     -- One store, one model: a worker still running another model cannot write here.
     ADD CONSTRAINT {model_constraint} CHECK (model = {model});
+
+-- name: store_chunks
+-- Since 0.2: a row's vectors are its chunks (offsets in its text; the chunk's own text when the row is split),
+-- each with the tsvector hybrid search ranks by, under a GIN index.
+ALTER TABLE {store}
+    ADD COLUMN IF NOT EXISTS chunk integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS chunk_start integer,
+    ADD COLUMN IF NOT EXISTS chunk_end integer,
+    ADD COLUMN IF NOT EXISTS chunk_text text,
+    ADD COLUMN IF NOT EXISTS fts tsvector,
+    DROP CONSTRAINT {primary_key},
+    ADD PRIMARY KEY ({keys}, chunk);
+CREATE INDEX IF NOT EXISTS {fts_index} ON {store} USING gin (fts);
+CREATE INDEX IF NOT EXISTS {chunk_index} ON {store} (chunk)
+
+-- name: primary_key
+-- The name of a table's primary key constraint.
+SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 
 -- name: index_function
 -- The owner's way for workers to build the store's HNSW index once a large backfill has drained, without
