@@ -247,6 +247,21 @@ def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import Searcher
+    from .serve import Limits, serve_application
+
+    limits = Limits(settings.serve_api_key, settings.serve_max_inputs, settings.serve_max_bytes)
+    host, port = args.host or settings.serve_host, args.port or settings.serve_port
+    with Searcher(settings) as searcher:
+        app = serve_application(searcher, limits)
+        log.info("serving embeddings (%s) and search on http://%s:%d/v1", searcher.model_id, host, port)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(settings.masked(), indent=2))
     return 0
@@ -269,6 +284,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "search": cmd_search,
     "drop": cmd_drop,
     "reembed": cmd_reembed,
+    "serve": cmd_serve,
     "config": cmd_config,
     "demo": cmd_demo,
 }
@@ -314,6 +330,9 @@ def parser() -> argparse.ArgumentParser:
         "reembed", help="re-embed a source with the configured model while search keeps serving the old vectors"
     )
     reembed_cmd.add_argument("source")
+    serve = sub.add_parser("serve", help="serve query embeddings (OpenAI's API) and search over HTTP")
+    serve.add_argument("--host", help="address to bind (default SYNCER_SERVE_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default SYNCER_SERVE_PORT, 8000)")
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     demo = sub.add_parser("demo", help="sync a sample table on the embedded default and show it working")
     demo.add_argument("--rows", type=int, default=1000, help="sample rows to create (default 1000)")

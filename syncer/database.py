@@ -99,11 +99,11 @@ class Database:
         except psycopg.OperationalError as exc:
             raise psycopg.OperationalError(redact(str(exc).strip(), self.secrets)) from None
         if vector:
-            _register_vector(conn)
+            register_vector_types(conn)
         return conn
 
 
-def _register_vector(conn: psycopg.Connection) -> None:
+def register_vector_types(conn: psycopg.Connection) -> None:
     """Teach the connection pgvector's types, found in whatever schema the extension lives."""
     row = conn.execute(VECTOR_SCHEMA).fetchone()
     if row is not None:  # else no pgvector yet: `syncer apply` creates it

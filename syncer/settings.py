@@ -206,6 +206,11 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="serve /metrics, /healthz and /readyz on this port (unset: no endpoint)"
     )
     http_host: str = Field("127.0.0.1", description="address the HTTP endpoint binds (0.0.0.0 in containers)")
+    serve_host: str = Field("127.0.0.1", description="`syncer serve` binds this address")
+    serve_port: int = Field(8000, ge=1, le=65535, description="`syncer serve` listens on this port")
+    serve_api_key: SecretStr | None = Field(None, description="`syncer serve` requires this bearer token")
+    serve_max_inputs: int = Field(256, ge=1, description="texts per embeddings request to `syncer serve`")
+    serve_max_bytes: int = Field(1_000_000, ge=1, description="request body size `syncer serve` accepts")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="-v sets DEBUG")
 
@@ -249,7 +254,8 @@ class Settings(BaseSettings):
         """Every secret a message could carry: passwords of the URLs, the API key."""
         found = url_secrets(_secret(self.database_url)) + url_secrets(_secret(self.listen_database_url))
         found += url_secrets(self.openai_base_url)
-        return found + ([_secret(self.openai_api_key)] if self.openai_api_key else [])  # type: ignore[list-item]
+        keys = [_secret(key) for key in (self.openai_api_key, self.serve_api_key) if key is not None]
+        return found + [key for key in keys if key]
 
 
 def _secret(value: SecretStr | None) -> str | None:
