@@ -9,6 +9,8 @@ import random
 import sys
 import warnings
 
+import psycopg
+
 from . import report, schema, search
 from .database import Database
 from .providers import Provider, load_provider
@@ -79,7 +81,8 @@ def demo(settings: Settings, rows: int) -> int:
         update={"sources": [SourceConfig(table="public.demo_docs", template="{title}\n\n{body}")]}
     )
     db = Database.from_settings(settings)
-    docs = corpus(rows)
+    docs = corpus(rows + HANDBOOK_PARTS)
+    docs, handbook = docs[:rows], _handbook([text for _, text in docs[rows:]])
     print(f"1. creating public.demo_docs with {len(docs)} docstrings of Python's standard library")
     with db.connect(vector=False) as conn, conn.transaction():
         conn.execute(SETUP)
@@ -92,7 +95,7 @@ def demo(settings: Settings, rows: int) -> int:
     options = WorkerOptions.from_settings(settings)
     Worker(db, provider, source_list, options, backlog_progress(db, source_list)).run(once=True)
     _show_status(db, source_list)
-    print("3. editing row 1, emptying row 2 and deleting row 3, then syncing again")
+    print("3. editing row 1, emptying row 2, deleting row 3, adding a long handbook and a ticket, syncing again")
     with db.connect() as conn:
         conn.execute(
             "UPDATE public.demo_docs SET title = 'soup', body = 'Simmer tomatoes, onions and garlic "
@@ -100,10 +103,33 @@ def demo(settings: Settings, rows: int) -> int:
         )
         conn.execute("UPDATE public.demo_docs SET body = NULL, title = NULL WHERE id = 2")
         conn.execute("DELETE FROM public.demo_docs WHERE id = 3")
+        conn.execute("INSERT INTO public.demo_docs (title, body) VALUES ('Operations handbook', %s)", [handbook])
+        conn.execute(
+            "INSERT INTO public.demo_docs (title, body) SELECT 'Ticket ' || i, b FROM unnest(%s::text[]) "
+            "WITH ORDINALITY AS t(b, i)",
+            [TICKETS],
+        )
     Worker(db, provider, source_list, options).run(once=True)
     _show_status(db, source_list)
     _show_searches(db, source_list[0], provider)
+    _show_long_and_hybrid(db, source_list[0], provider)
     return 0
+
+
+HANDBOOK_PARTS = 120  # docstrings a long document is made of, the passage sought deep inside it
+PASSAGE = "The lighthouse keeper feeds seventeen orange cats every Tuesday at dawn."
+TICKETS = [  # codes alike to a model; the one asked for sits in a text about something else
+    "ZX-4417",
+    "ZX-1447 ZX-7441 ZX-4174",
+    "XZ-4471",
+    "Quarterly report on the loading dock and forklift maintenance; see ZX-4471 for the roof repair.",
+]
+
+
+def _handbook(parts: list[str]) -> str:
+    """A long document, with one passage two thirds into it."""
+    middle = 2 * len(parts) // 3
+    return "\n\n".join([*parts[:middle], PASSAGE, *parts[middle:]])
 
 
 def _show_status(db: Database, source_list: list[Source]) -> None:
@@ -123,12 +149,47 @@ def _show_searches(db: Database, source: Source, provider: Provider) -> None:
         print("\n5. more like row 1, in plain SQL:")
         print(
             "   SELECT id, title, similarity FROM syncer.search_demo_docs("
-            "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1), 3);"
+            "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1 AND chunk = 0), 3);"
         )
         cur = conn.execute(
             "SELECT id, title, similarity FROM syncer.search_demo_docs("
-            "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1), 3)"
+            "(SELECT embedding FROM public.demo_docs_embeddings WHERE id = 1 AND chunk = 0), 3)"
         )
         print(report.format_table(["id", "title", "similarity"], cur.fetchall()))
         gone = conn.execute("SELECT count(*) FROM public.demo_docs_embeddings WHERE id IN (2, 3)").fetchone()
         print(f"\n   vectors left for the emptied row 2 and deleted row 3: {gone[0] if gone else '?'}")
+
+
+def _show_long_and_hybrid(db: Database, source: Source, provider: Provider) -> None:
+    with db.connect() as conn:
+        question = "the lighthouse keeper feeding orange cats"
+        print(f"\n6. a long document, found by a passage deep inside it ({question!r}):")
+        headers, rows = search.top(conn, source, provider.embed_query(question), 3)
+        keep = [headers.index(h) for h in ("id", "title", "similarity", "match_chunk", "match_start", "match_end")]
+        print(report.format_table([headers[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]))
+        found = [dict(zip(headers, row, strict=True)) for row in rows]
+        best = next((r for r in found if r["title"] == "Operations handbook"), found[0])
+        chunks = conn.execute(
+            "SELECT count(*) FROM public.demo_docs_embeddings e JOIN public.demo_docs d USING (id) "
+            "WHERE d.title = 'Operations handbook'"
+        ).fetchone()
+        size = len(_handbook_text(conn))
+        print(f"   the handbook is {size} characters long, stored as {chunks[0] if chunks else '?'} chunks")
+        print(f"   (each row is returned once, by its best chunk); its chunk {best['match_chunk']} holds:")
+        text = best["match_text"] or ""
+        at = max(text.find(PASSAGE) - 80, 0)
+        print(f"   …{' '.join(text[at : at + 240].split())}…")
+        for hybrid in (False, True):
+            kind = (
+                "hybrid_search_demo_docs('ZX-4471', <embedding>, 3)" if hybrid else "search_demo_docs(<embedding>, 3)"
+            )
+            print(f"\n{7 + hybrid}. an exact identifier, SELECT id, title, body FROM syncer.{kind}:")
+            embedding = provider.embed_query("ZX-4471")
+            headers, rows = search.top(conn, source, embedding, 3, text="ZX-4471" if hybrid else None)
+            keep = [headers.index(h) for h in ("id", "title", "body")]
+            print(report.format_table([headers[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]))
+
+
+def _handbook_text(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT body FROM public.demo_docs WHERE title = 'Operations handbook'").fetchone()
+    return row[0] if row else ""

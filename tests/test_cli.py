@@ -65,3 +65,16 @@ def test_the_readme_custom_provider_loads_by_import_path(tmp_path: Path, monkeyp
     query = provider.embed_query("soup")
     assert documents.shape == (1, 384) and query.shape == (384,)
     assert float(documents[0] @ query) < 0.999  # different instructions on each side
+
+
+def test_the_demo_shows_chunks_and_hybrid_search(tmp_path: Path) -> None:
+    """The README's quick start, smaller: the long handbook found by its passage, the ticket by hybrid search."""
+    env = syncer_env("", "[]", SYNCER_DATA_DIR=str(tmp_path / "data"))
+    del env["SYNCER_DATABASE_URL"]
+    output, _ = (demo := syncer_process(["demo", "--rows", "100"], env)).communicate(timeout=300)
+    assert demo.returncode == 0, output
+    long_doc = output.split("6. a long document", 1)[1].split("\n7.", 1)[0]
+    assert long_doc.splitlines()[3].split()[1:3] == ["Operations", "handbook"]
+    assert "The lighthouse keeper feeds seventeen orange cats" in long_doc
+    vector_only, hybrid = output.split("\n7.", 1)[1].split("\n8.", 1)
+    assert "Ticket 4" not in vector_only.splitlines()[3] and "Ticket 4" in hybrid.splitlines()[3]
