@@ -27,6 +27,7 @@ from .tables import MODEL_CONSTRAINT
 
 log = logging.getLogger(__name__)
 
+BULK_SHARE = 10  # bulk work (a backfill) gets at least 1/10 of a claim while live edits come first
 SETTLE_ROWS = 64  # keys per settle transaction: what an application writer may wait for, at most
 BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
 WANTED = {  # a batch row (b) is queued when ...
@@ -161,7 +162,8 @@ def claim(
 ) -> Batch:
     """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction."""
     token = token or uuid.uuid4()
-    params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds}
+    bulk_share = max(1, limit // BULK_SHARE)
+    params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds, "bulk_share": bulk_share}
     with transaction(conn):
         rows = conn.execute(query("queue", "claim", **fragments.parts(source)), params).fetchall()
     return plan(source, token, [Change(*row) for row in rows], model_id)

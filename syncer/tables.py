@@ -15,7 +15,7 @@ from .sources import SYNCER_SCHEMA, Source
 log = logging.getLogger(__name__)
 
 MODEL_CONSTRAINT = "syncer_one_model"  # the store's CHECK that only its model's vectors go in
-QUEUE_COLUMNS = ("dead_at", "refresh")  # present once a queue is of 0.2
+QUEUE_COLUMNS = ("dead_at", "refresh", "bulk")  # present once a queue is of 0.2
 CHUNK_COLUMN = "chunk"  # present once a store holds chunks
 
 
@@ -31,15 +31,24 @@ def create_queue(conn: psycopg.Connection, source: Source) -> None:
 
 def _current(conn: psycopg.Connection, oid: int, source: Source) -> bool:
     columns = _columns(conn, oid)
-    return all(c in columns for c in QUEUE_COLUMNS) and catalog.exists(conn, SYNCER_SCHEMA, _lease_index(source))
+    indexes = (_lease_index(source), _lane_index(source))
+    return all(c in columns for c in QUEUE_COLUMNS) and all(catalog.exists(conn, SYNCER_SCHEMA, i) for i in indexes)
 
 
 def _lease_index(source: Source) -> str:
     return f"{source.queue_name}_lease"
 
 
+def _lane_index(source: Source) -> str:
+    return f"{source.queue_name}_lanes"
+
+
 def _queue_upgrade(source: Source) -> sql.Composed:
-    return query("tables", "queue_dead_letters", queue=source.queue, lease_index=sql.Identifier(_lease_index(source)))
+    indexes = {
+        "lease_index": sql.Identifier(_lease_index(source)),
+        "lane_index": sql.Identifier(_lane_index(source)),
+    }
+    return query("tables", "queue_dead_letters", queue=source.queue, **indexes)
 
 
 def create_store(conn: psycopg.Connection, source: Source, model_id: str, dimensions: int) -> bool:

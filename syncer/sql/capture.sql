@@ -11,7 +11,7 @@ BEGIN
         SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
             first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
             queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END,
-            lease_token = NULL, lease_until = NULL;
+            lease_token = NULL, lease_until = NULL, bulk = false;
     END IF;
     IF TG_OP <> 'DELETE' THEN
         INSERT INTO {queue} AS q ({keys}) VALUES ({new_keys})
@@ -19,7 +19,7 @@ BEGIN
         SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
             first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
             queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END,
-            lease_token = NULL, lease_until = NULL;
+            lease_token = NULL, lease_until = NULL, bulk = false;
     END IF;
     RETURN NULL;
 END
@@ -58,7 +58,7 @@ BEGIN
     SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
         first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
         queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE now() END,
-        lease_token = NULL, lease_until = NULL;
+        lease_token = NULL, lease_until = NULL, bulk = false;
     RETURN NULL;
 END
 $$;

@@ -6,9 +6,10 @@
 WITH batch AS (
     SELECT {t_keys}, {text} AS text FROM {table} t WHERE {after} ORDER BY {t_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} AS q ({keys}, refresh)
-    SELECT {b_keys}, {refresh} FROM batch b LEFT JOIN {store} e ON {b_is_e} AND e.chunk = 0
+    INSERT INTO {queue} AS q ({keys}, refresh, bulk)
+    SELECT {b_keys}, {refresh}, true FROM batch b LEFT JOIN {store} e ON {b_is_e} AND e.chunk = 0
     WHERE {wanted_test}
+    ORDER BY octet_length(b.text)  -- seqs in length order: a claimed window holds texts of similar length
     {on_conflict}
     RETURNING 1
 )
@@ -20,28 +21,39 @@ SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_des
 WITH batch AS (
     SELECT {e_keys} FROM {store} e WHERE e.chunk = 0 AND {after} ORDER BY {e_keys} LIMIT %(limit)s
 ), queued AS (
-    INSERT INTO {queue} AS q ({keys}, refresh)
-    SELECT {b_keys}, {refresh} FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
+    INSERT INTO {queue} AS q ({keys}, refresh, bulk)
+    SELECT {b_keys}, {refresh}, true FROM batch b WHERE NOT EXISTS (SELECT FROM {table} t WHERE {t_is_b})
     {on_conflict}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
 
 -- name: claim
--- Lease ready keys, oldest change first, up to %(limit)s rows and %(bytes)s bytes of text (at least one row);
--- read each one's current text and what is stored for it.
-WITH picked AS (
-    SELECT seq, refresh, {keys} FROM {queue}
-    WHERE dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
+-- Lease ready keys, up to %(limit)s rows and %(bytes)s bytes of text (at least one row), and read each one's
+-- current text and what is stored for it. Changes the triggers captured come first, oldest first; bulk work
+-- (backfill, reconcile, adoption) fills the rest, in its own order (shortest texts first within each keyset
+-- batch of the backfill), and always gets %(bulk_share)s rows of a claim when it has any: live edits are never
+-- stuck behind a backfill, and a backfill is never starved by live edits.
+WITH live AS (
+    SELECT seq, refresh, bulk, {keys} FROM {queue}
+    WHERE NOT bulk AND dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
     ORDER BY seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), backlog AS (
+    SELECT seq, refresh, bulk, {keys} FROM {queue}
+    WHERE bulk AND dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY seq
+    LIMIT greatest(%(limit)s - (SELECT count(*) FROM live), %(bulk_share)s)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT * FROM live UNION ALL SELECT * FROM backlog
 ), sized AS (
     SELECT p.*, d.text,
            row_number() OVER w AS n, sum(coalesce(octet_length(d.text), 0)) OVER w AS running
     FROM picked p
     LEFT JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_p}) d ON true
-    WINDOW w AS (ORDER BY p.seq)
+    WINDOW w AS (ORDER BY p.bulk, p.seq)
 ), kept AS (
     SELECT * FROM sized WHERE n = 1 OR running <= %(bytes)s
 ), claimed AS (

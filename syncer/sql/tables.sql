@@ -14,13 +14,16 @@ CREATE UNIQUE INDEX ON {queue} (seq);
 
 -- name: queue_dead_letters
 -- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries); whether
--- its vectors must be made again though its text is unchanged (another chunking, say); an index of the leased
--- keys by token (a worker gives back a claim whose answer it lost).
+-- its vectors must be made again though its text is unchanged (another chunking, say); whether it is bulk work
+-- (backfill, reconcile) rather than a change the triggers captured, which comes first; the claims' index; an
+-- index of the leased keys by token (a worker gives back a claim whose answer it lost).
 ALTER TABLE {queue}
     ADD COLUMN IF NOT EXISTS first_failed_at timestamptz,
     ADD COLUMN IF NOT EXISTS last_failed_at timestamptz,
     ADD COLUMN IF NOT EXISTS dead_at timestamptz,
-    ADD COLUMN IF NOT EXISTS refresh boolean NOT NULL DEFAULT false;
+    ADD COLUMN IF NOT EXISTS refresh boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS bulk boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS {lane_index} ON {queue} (bulk, seq) WHERE dead_at IS NULL;
 CREATE INDEX IF NOT EXISTS {lease_index} ON {queue} (lease_token) WHERE lease_token IS NOT NULL
 
 -- name: queue_columns
