@@ -162,7 +162,7 @@ def test_live_edits_come_before_a_backfill_which_is_never_starved(conn: psycopg.
 
 def test_a_backfill_is_queued_shortest_texts_first(conn: psycopg.Connection, db_url: str) -> None:
     """Claimed windows then hold texts of similar length: the model pads little (2.5x faster on this CPU)."""
-    fill(conn, 300, body="repeat('word ', (i * 7919) % 300 + 1)")
+    fill(conn, 300, body="repeat('word ', (i * 7919) %% 300 + 1)")
     settings = make_settings(db_url, DOCS)
     schema.apply(Database.from_settings(settings), settings, HashEmbedder())
     lengths = [
