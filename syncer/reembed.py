@@ -87,6 +87,7 @@ def _begin(conn: psycopg.Connection, source: Source, shadow: Source, provider: P
     conn.execute(query("reembed", "begin"), params)
     tables.create_queue(conn, shadow)
     tables.create_store(conn, shadow, provider.model_id, provider.dimensions)
+    tables.install_index_function(conn, shadow)
 
 
 def _drain(db: Database, settings: Settings, provider: Provider, shadow: Source) -> int:
@@ -118,4 +119,5 @@ def _switch(conn: psycopg.Connection, source: Source, shadow: Source) -> None:
     )
     for statement in carried:  # the new store keeps the old one's owner, grants, policies and comment
         conn.execute(statement)
+    tables.drop_index_function(conn, shadow)
     search.install(conn, source)

@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .providers import Provider
 from .queries import query
 from .registry import Registration
-from .settings import Settings
+from .settings import Settings, memory_kb
 from .sources import Source, describe, same_text
 from .wakeup import backoff
 
@@ -209,7 +209,8 @@ def apply_source(
             registry.mark_backfilled(conn, source)
     with transaction(conn):
         if queue.pending(conn, source, settings.index_after_rows + 1) <= settings.index_after_rows:
-            tables.ensure_index(conn, source)  # else built by the workers once the backlog has drained: 6x faster
+            memory = memory_kb(settings.index_memory) if settings.index_memory else None
+            tables.ensure_index(conn, source, memory, settings.index_workers)  # else the workers, once drained
     return queued
 
 

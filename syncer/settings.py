@@ -137,6 +137,18 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
+MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)?\s*$", re.IGNORECASE)
+UNITS = {"kb": 1, "mb": 1024, "gb": 1024**2, "tb": 1024**3}
+
+
+def memory_kb(value: str) -> int:
+    """``"2GB"`` → 2097152 (kB), as PostgreSQL reads memory settings (no unit: kB)."""
+    match = MEMORY.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not an amount of memory such as 512MB or 2GB")
+    return int(match.group(1)) * UNITS[(match.group(2) or "kB").lower()]
+
+
 class Settings(BaseSettings):
     """syncer's configuration. Build once (``Settings()``) and pass it down."""
 
@@ -198,6 +210,12 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(3600.0, gt=0, description="longest backoff of a failing row")
     max_attempts: int = Field(10, ge=1, description="a row rejected this many times is dead: no more retries")
     notify: bool = Field(True, description="wake workers with NOTIFY; off means poll only")
+    index_memory: str | None = Field(
+        None, description="memory of an HNSW index build, e.g. 2GB (default: sized to the index, 64 MB to 8 GB)"
+    )
+    index_workers: int | None = Field(
+        None, ge=0, description="parallel workers of an HNSW index build (default: the server's setting)"
+    )
     index_after_rows: int = Field(
         1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
@@ -213,6 +231,13 @@ class Settings(BaseSettings):
     serve_max_bytes: int = Field(1_000_000, ge=1, description="request body size `syncer serve` accepts")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="-v sets DEBUG")
+
+    @field_validator("index_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            memory_kb(value)
+        return value
 
     @field_validator("sources", mode="before")
     @classmethod

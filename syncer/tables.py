@@ -101,9 +101,10 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[str]:
 def index_parts(source: Source) -> dict[str, sql.Composable]:
     qualified = sql.Identifier(source.store_schema, source.index_name).as_string(None)
     return fragments.parts(source) | {
-        "index_fn": sql.Identifier(SYNCER_SCHEMA, f"{source.name}_index_v1"),
+        "index_fn": sql.Identifier(SYNCER_SCHEMA, f"{source.name}{'_next' if source.shadow else ''}_index_v1"),
         "index": sql.Identifier(source.index_name),
         "index_name": sql.Literal(qualified),
+        "store_name": sql.Literal(source.store.as_string(None)),
     }
 
 
@@ -116,7 +117,7 @@ def render(source: Source) -> list[sql.Composed]:
 
 
 def index_function_signature(source: Source) -> str:
-    return sql.SQL("{}()").format(index_parts(source)["index_fn"]).as_string(None)
+    return sql.SQL("{}(bigint, integer)").format(index_parts(source)["index_fn"]).as_string(None)
 
 
 def install_index_function(conn: psycopg.Connection, source: Source) -> None:
@@ -124,20 +125,27 @@ def install_index_function(conn: psycopg.Connection, source: Source) -> None:
     conn.execute(query("tables", "index_function", **index_parts(source)))
 
 
-def ensure_index(conn: psycopg.Connection, source: Source) -> bool:
-    """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
+def ensure_index(
+    conn: psycopg.Connection, source: Source, memory_kb: int | None = None, workers: int | None = None
+) -> bool:
+    """Build the store's HNSW index if it is missing and no other worker is building it; True if built.
+
+    ``memory_kb`` and ``workers``: the build's memory and parallel workers (default: sized to the index,
+    the server's setting)."""
     if catalog.exists(conn, source.store_schema, source.index_name):
         return False
     started = time.monotonic()
-    if source.shadow:  # a re-embed's shadow store: its owner builds the index itself
-        conn.execute(query("tables", "create_index", **index_parts(source)))
-    else:
-        row = conn.execute(query("tables", "build_index", **index_parts(source))).fetchone()
-        if not (row and row[0]):
-            return False
+    params = {"memory_kb": memory_kb, "workers": workers}
+    row = conn.execute(query("tables", "build_index", **index_parts(source)), params).fetchone()
+    if not (row and row[0]):
+        return False
     seconds = time.monotonic() - started
     log.info("built hnsw index %s on %s in %.1fs", source.index_name, source.qualified_store, seconds)
     return True
+
+
+def drop_index_function(conn: psycopg.Connection, source: Source) -> None:
+    conn.execute(query("tables", "drop_index_function", **index_parts(source)))
 
 
 def drop(conn: psycopg.Connection, source: Source) -> None:

@@ -24,7 +24,7 @@ from .http import Health
 from .leases import Leases
 from .progress import Progress
 from .providers import Provider
-from .settings import Settings
+from .settings import Settings, memory_kb
 from .sources import Source
 from .wakeup import Wakeup, backoff
 
@@ -44,6 +44,8 @@ class WorkerOptions:
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
     provider_name: str = "provider"  # its label in metrics
+    index_memory_kb: int | None = None  # an HNSW index build's memory (None: sized to the index)
+    index_workers: int | None = None  # and its parallel workers (None: the server's setting)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
@@ -57,6 +59,8 @@ class WorkerOptions:
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
             provider_name=settings.provider,
+            index_memory_kb=memory_kb(settings.index_memory) if settings.index_memory else None,
+            index_workers=settings.index_workers,
         )
 
 
@@ -227,7 +231,7 @@ class Worker:
             with transaction(conn):
                 if queue.busy(conn, source):
                     continue
-                tables.ensure_index(conn, source)
+                tables.ensure_index(conn, source, self.options.index_memory_kb, self.options.index_workers)
             self._indexed.add(source.name)
 
 

@@ -9,7 +9,7 @@ GRANT EXECUTE ON FUNCTION syncer.applied_v1(text), syncer.pending_rows(bigint) T
 -- Per source: read the key and the embedded columns, work the queue, write the store, build its index.
 GRANT SELECT ({columns}) ON {table} TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {queue}, {store} TO {role};
-GRANT EXECUTE ON FUNCTION {index_fn}() TO {role}
+GRANT EXECUTE ON FUNCTION {index_fn}(bigint, integer) TO {role}
 
 -- name: reader_source
 -- Per source: call the search functions, which read the source's rows and the store's keys, chunks, vectors

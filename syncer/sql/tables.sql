@@ -62,29 +62,51 @@ SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 
 -- name: index_function
 -- The owner's way for workers to build the store's HNSW index once a large backfill has drained, without
--- owning the store: one builder at a time (the others go on), nothing if it exists; true if built now.
-CREATE OR REPLACE FUNCTION {index_fn}() RETURNS boolean
+-- owning the store: one builder at a time (the others go on), nothing if it exists; true if built now. The
+-- graph is built in memory of its own (memory_kb, or about n * (4d + 400) bytes for n vectors of d dimensions,
+-- 64 MB to 8 GB: pgvector slows down sharply once the graph no longer fits) with `workers` parallel workers
+-- (default: the server's max_parallel_maintenance_workers); a parallel build whose shared memory runs out (a
+-- container's small /dev/shm) is done again without them. Searches go on meanwhile (CREATE INDEX lets reads be).
+CREATE OR REPLACE FUNCTION {index_fn}(memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL)
+RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vectors bigint;
+    dimensions integer;
 BEGIN
     IF to_regclass({index_name}) IS NOT NULL OR NOT pg_try_advisory_xact_lock(hashtext({index_name})) THEN
         RETURN false;
     END IF;
-    CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+    SELECT count(*) INTO vectors FROM {store};
+    SELECT a.atttypmod INTO dimensions FROM pg_attribute a
+    WHERE a.attrelid = {store_name}::regclass AND a.attname = 'embedding';
+    PERFORM set_config('maintenance_work_mem', least(greatest(
+        coalesce(memory_kb, (vectors * (4 * dimensions + 400) * 5 / 4 / 1024)::bigint), 65536), 8388608)::text
+        || 'kB', true);
+    IF workers IS NOT NULL THEN
+        PERFORM set_config('max_parallel_maintenance_workers', workers::text, true);
+    END IF;
+    BEGIN
+        CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+    EXCEPTION WHEN disk_full OR out_of_memory THEN
+        PERFORM set_config('max_parallel_maintenance_workers', '0', true);
+        CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+    END;
     RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION {index_fn}() FROM PUBLIC
+REVOKE ALL ON FUNCTION {index_fn}(bigint, integer) FROM PUBLIC
 
 -- name: build_index
 -- Build the store's HNSW index through the owner's function.
-SELECT {index_fn}()
+SELECT {index_fn}(%(memory_kb)s, %(workers)s)
 
--- name: create_index
--- Cosine HNSW index on a store (a re-embed's shadow store, built by its owner).
-CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops})
+-- name: drop_index_function
+-- Remove a store's index function (a re-embed's shadow store, once switched in).
+DROP FUNCTION IF EXISTS {index_fn}(bigint, integer)
 
 -- name: drop
 -- Remove the source's queue, store and index function (the source table itself is left alone).
-DROP FUNCTION IF EXISTS {index_fn}();
+DROP FUNCTION IF EXISTS {index_fn}(bigint, integer);
 DROP TABLE IF EXISTS {queue};
 DROP TABLE IF EXISTS {store}
