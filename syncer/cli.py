@@ -9,21 +9,25 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import pydantic
 import pydantic_settings
 
-from . import catalog, grants, logs, metrics, queue, reembed, report, schema, search
+from . import catalog, grants, logs, metrics, queue, report, schema, search
 from .database import Database
 from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
-from .http import Endpoint, Health, application
+from .health import Health
 from .providers import Provider, load_provider
 from .redact import redact
 from .settings import Settings
 from .sources import Source
 from .wakeup import backoff
 from .worker import Worker, WorkerOptions, backlog_progress
+
+if TYPE_CHECKING:
+    from .http import Endpoint
 
 log = logging.getLogger("syncer")
 
@@ -74,6 +78,8 @@ def _endpoint(settings: Settings, health: Health, db: Database, sources: list[So
     """/metrics, /healthz and /readyz on SYNCER_HTTP_HOST:SYNCER_HTTP_PORT, if a port is set."""
     if settings.http_port is None:
         return None
+    from .http import Endpoint, application
+
     collector = metrics.QueueCollector(lambda: db.connect(vector=False, connect_timeout=2), lambda: list(sources))
     endpoint = Endpoint(application(health, db, metrics.registry(collector)), settings.http_host, settings.http_port)
     endpoint.start()
@@ -238,6 +244,8 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reembed(settings: Settings, args: argparse.Namespace) -> int:
+    from . import reembed
+
     db = Database.from_settings(settings)
     source = source_by_name(db, settings, args.source)
     provider = load_provider(settings)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 
 import psycopg
 import uvicorn
@@ -20,35 +19,10 @@ from starlette.routing import Mount, Route
 
 from .database import Database
 from .errors import ConfigError
+from .health import Health
 
 START_SECONDS = 5.0  # for the server to bind its port
 READY_TIMEOUT = 2  # seconds for the readiness probe's database check
-
-
-@dataclass
-class Health:
-    """Where the worker's loop is, as the probes see it.
-
-    Live unless one step (a claim, an embedding, a settle) has taken longer than ``max_step_seconds``;
-    waiting for work, or backing off while the database or the provider is away, is normal.
-    """
-
-    max_step_seconds: float
-    provider: str | None = None  # the model, once loaded
-    _working_since: float | None = field(default=None, repr=False)
-
-    def working(self) -> None:
-        self._working_since = time.monotonic()
-
-    def waiting(self) -> None:
-        self._working_since = None
-
-    def stuck_for(self) -> float | None:
-        since = self._working_since
-        if since is None:
-            return None
-        seconds = time.monotonic() - since
-        return seconds if seconds > self.max_step_seconds else None
 
 
 def application(health: Health, db: Database | None, registry: CollectorRegistry) -> Starlette:

@@ -15,16 +15,10 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from . import capture, catalog, queue, registry, search, tables
 from .database import Database, transaction
@@ -38,38 +32,13 @@ from .wakeup import backoff
 
 log = logging.getLogger(__name__)
 
+HEAD = "0004"  # the newest migration (a test keeps it in step with migrations/versions)
 APPLY_LOCK = 0x73796E63  # "sync": one applier at a time (transaction-level: works through PgBouncer)
 OBJECTS_VERSION = "2"  # part of every fingerprint: a release that renders objects differently re-applies them
 LOCK_RETRY_BASE, LOCK_RETRY_CAP = 1.0, 30.0  # seconds between attempts at DDL that gave way to the application
 
 T = TypeVar("T")
 Requeue = Literal["stale", "all"] | None  # which rows an apply makes stale: of other text, or every one
-
-
-def migrations_dir() -> Path:
-    """Installed wheels carry migrations inside the package; a checkout has them at the top."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
-        if (candidate / "env.py").exists():
-            return candidate
-    raise RuntimeError("syncer's migrations directory is missing from this installation")
-
-
-def alembic_config(db: Database) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["engine"] = create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(db.url, prepare_threshold=None), poolclass=NullPool
-    )
-    return config
-
-
-def head_revision() -> str:
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    assert head is not None
-    return head
 
 
 def current_revision(conn: psycopg.Connection) -> str | None:
@@ -79,24 +48,15 @@ def current_revision(conn: psycopg.Connection) -> str | None:
 
 
 def migrate(db: Database, revision: str = "head") -> None:
-    """Upgrade syncer's own schema (``syncer.*``) to ``revision``; nothing at all if it is there already."""
+    """Upgrade syncer's own schema (``syncer.*``) to ``revision``; nothing at all if it is there already
+    (alembic, slow to import, is loaded only when there is something to do)."""
     if revision == "head":
         with db.connect(vector=False) as conn:
-            if current_revision(conn) == head_revision():
+            if current_revision(conn) == HEAD:
                 return
-    config = alembic_config(db)
-    with config.attributes["engine"].begin() as conn:
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})")
-        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS syncer")
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    from . import upgrade
 
-
-def downgrade(db: Database, revision: str) -> None:
-    config = alembic_config(db)
-    with config.attributes["engine"].begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, revision)
+    upgrade.upgrade(db, revision, APPLY_LOCK)
 
 
 def lock_applies(conn: psycopg.Connection) -> None:
@@ -130,7 +90,7 @@ def verify(db: Database, settings: Settings, provider: Provider) -> list[Source]
     """SYNCER_APPLY=never: everything must be applied as configured; else a ConfigError naming `syncer apply`."""
     problems: list[str] = []
     with db.connect() as conn:
-        revision, head = current_revision(conn), head_revision()
+        revision, head = current_revision(conn), HEAD
         if revision != head:
             raise ConfigError(
                 f"syncer's schema is at {revision or 'nothing'}, this syncer needs {head}: the owner must run "

@@ -29,7 +29,8 @@ from starlette.routing import Mount, Route
 from . import metrics
 from .api import Searcher
 from .errors import ConfigError
-from .http import Health, application
+from .health import Health
+from .http import application
 from .providers import Fits
 
 MAX_K = 100  # rows one search may ask for

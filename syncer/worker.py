@@ -20,7 +20,7 @@ import psycopg
 from . import chunking, embedding, metrics, queue, report, tables
 from .database import Database, transaction
 from .errors import ProviderError
-from .http import Health
+from .health import Health
 from .leases import Leases
 from .progress import Progress
 from .providers import Provider

@@ -97,7 +97,7 @@ def test_built_wheel_installed_alone_runs_the_syncer_command(dists: tuple[Path, 
 
     usage = run([str(venv / "bin" / "syncer"), "--help"], cwd=tmp_path, env=env).stdout
     where = run(
-        [str(python), "-c", "import syncer.schema as s; print(s.__file__); print(s.migrations_dir())"],
+        [str(python), "-c", "import syncer.upgrade as s; print(s.__file__); print(s.migrations_dir())"],
         cwd=tmp_path,
         env=env,
     ).stdout.split()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from syncer import schema
+from syncer import schema, upgrade
 from syncer.database import Database
 
 from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
@@ -28,12 +28,13 @@ def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
         assert conn.execute("SELECT name, reembed_model FROM syncer.sources").fetchall() == [("docs", None)]
         conn.execute("DELETE FROM syncer.sources")
         conn.commit()
-    schema.downgrade(db, "base")
+    upgrade.downgrade(db, "base")
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT to_regclass('syncer.sources')").fetchone() == (None,)
     schema.migrate(db)
     with psycopg.connect(empty_db_url) as conn:
-        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == ("0004",)
+        assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == (schema.HEAD,)
+    assert upgrade.head() == schema.HEAD  # the constant that spares every start alembic's import
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
 
 
