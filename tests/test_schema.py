@@ -34,8 +34,8 @@ def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
     schema.migrate(db)
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT version_num FROM syncer.alembic_version").fetchone() == (schema.HEAD,)
-    assert upgrade.head() == schema.HEAD  # the constant that spares every start alembic's import
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+    assert upgrade.head() == schema.HEAD  # the constant that spares every start alembic's import
 
 
 def test_apply_is_idempotent_and_backfills_once(conn: psycopg.Connection, docs: str, db_url: str) -> None:
