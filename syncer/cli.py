@@ -15,7 +15,7 @@ import psycopg
 import pydantic
 import pydantic_settings
 
-from . import catalog, grants, logs, metrics, queue, report, schema, search
+from . import catalog, grants, logs, metrics, processes, queue, report, schema, search
 from .database import Database
 from .errors import ConfigError, ProviderError, ProviderFatal, StoreChanged
 from .health import Health
@@ -35,6 +35,9 @@ PROVIDER_RETRY_BASE, PROVIDER_RETRY_CAP = 1.0, 60.0  # seconds, while the provid
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    wanted = processes.count(args.processes, settings.provider)
+    if wanted > 1:
+        return processes.run(wanted, ["--once"] if args.once else [])
     # Signals first: SIGTERM during start-up (loading a model, waiting for the provider) must stop us.
     stopping = threading.Event()
     workers: list[Worker] = []
@@ -304,6 +307,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="apply (unless SYNCER_APPLY=never), then follow changes until stopped")
     run.add_argument("--once", action="store_true", help="process everything pending, then exit")
+    run.add_argument(
+        "--processes",
+        default="1",
+        type=_processes,
+        metavar="N|auto",
+        help="worker processes, each with its share of the CPUs (auto: one per CPU for a local model)",
+    )
     apply = sub.add_parser("apply", help="create or refresh syncer's schema and each source's objects")
     apply.add_argument(
         "--adopt", action="store_true", help="take the configured text definitions where they differ from the applied"
@@ -345,6 +355,12 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sync a sample table on the embedded default and show it working")
     demo.add_argument("--rows", type=int, default=1000, help="sample rows to create (default 1000)")
     return p
+
+
+def _processes(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a number of processes nor 'auto'")
 
 
 def main(argv: list[str] | None = None) -> int:

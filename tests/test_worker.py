@@ -188,3 +188,22 @@ def test_run_once_exits_zero_when_drained(conn: psycopg.Connection, docs: str, d
     output, _ = (process := syncer_process(["run", "--once"], env)).communicate(timeout=60)
     assert process.returncode == 0, output
     assert len(stored(conn)) == 5 and queue_depth(conn) == 0
+
+
+def test_run_with_several_processes_shares_the_work(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 200)
+    conn.execute("CREATE TABLE writers (pid int)")
+    env = syncer_env(
+        db_url, SOURCES, SYNCER_PROVIDER=HASH_PROVIDER, SYNCER_BATCH_SIZE="10", SYNCER_TEST_EMBED_DELAY="0.05"
+    )
+    output, _ = (apply := syncer_process(["apply"], env)).communicate(timeout=60)
+    assert apply.returncode == 0, output
+    conn.execute(
+        "CREATE FUNCTION public.writer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO public.writers VALUES (pg_backend_pid()); RETURN NULL; END $$"
+    )
+    conn.execute("CREATE TRIGGER writer AFTER INSERT ON docs_embeddings FOR EACH STATEMENT EXECUTE FUNCTION writer()")
+    output, _ = (run := syncer_process(["run", "--once", "--processes", "2"], env)).communicate(timeout=120)
+    assert run.returncode == 0, output
+    assert all_embedded(conn, 200) and queue_depth(conn) == 0
+    assert conn.execute("SELECT count(DISTINCT pid) FROM writers").fetchone()[0] >= 2
