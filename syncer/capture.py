@@ -1,14 +1,22 @@
-"""Change capture: the triggers that record a source's changed keys in its queue and wake the workers.
+"""Change capture: the triggers that record a source's changed keys and wake the workers.
 
-On the writer's path, so kept cheap and safe: row triggers append the key (coalescing repeated
-edits of a key into one queue row), one statement trigger sends a constant NOTIFY, and TRUNCATE
-empties the queue and the store (of a partition: queues the keys whose rows it removed). The
-functions are SECURITY DEFINER with a pinned search_path, so the application's role needs no
+On the writer's path, so kept cheap and safe. Three statement triggers (INSERT, UPDATE, DELETE,
+over transition tables) append one row per statement to the source's change log, holding the keys
+it changed; the workers move them into the queue, where repeated changes coalesce. A writer sends
+NOTIFY only while a worker sleeps holding the wake lock (``WAKE_LOCK``), so concurrent writers never
+queue up on NOTIFY's commit lock (``fragments.WAKE_LOCK``). TRUNCATE empties the queue, the log and the store.
+
+A partitioned source keeps row triggers writing straight into the queue: PostgreSQL clones row
+triggers to every partition, also those attached later, where a statement trigger of the
+partitioned table does not fire for DML that names a partition.
+
+The functions are SECURITY DEFINER with a pinned search_path, so the application's role needs no
 privileges on syncer's objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import psycopg
@@ -25,11 +33,16 @@ def objects(source: Source) -> dict[str, sql.Composable]:
     """Names of the source's trigger functions and triggers."""
     name = source.name
     return {
-        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
+        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v2"),
+        "rows_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
+        "mark_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_mark_v1"),
         "truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_v1"),
         "partition_truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_partition_v1"),
-        "rows_trigger": sql.Identifier(f"syncer_{name}_rows"),
+        "inserts_trigger": sql.Identifier(f"syncer_{name}_inserts"),
         "updates_trigger": sql.Identifier(f"syncer_{name}_updates"),
+        "deletes_trigger": sql.Identifier(f"syncer_{name}_deletes"),
+        "mark_trigger": sql.Identifier(f"syncer_{name}_mark"),  # sorts before _updates: it fires first
+        "rows_trigger": sql.Identifier(f"syncer_{name}_rows"),
         "truncate_trigger": sql.Identifier(f"syncer_{name}_truncate"),
         "notify_trigger": sql.Identifier(f"syncer_{name}_notify"),
     }
@@ -37,6 +50,7 @@ def objects(source: Source) -> dict[str, sql.Composable]:
 
 def _parts(source: Source) -> dict[str, sql.Composable]:
     watched = tuple(dict.fromkeys(source.config.text_columns + source.keys))
+    first = source.keys[0]
     return (
         fragments.parts(source)
         | objects(source)
@@ -46,7 +60,12 @@ def _parts(source: Source) -> dict[str, sql.Composable]:
             "watched": sql.SQL(", ").join(map(sql.Identifier, watched)),
             "old_watched": _watched(source, "old", watched),
             "new_watched": _watched(source, "new", watched),
-            "name": sql.Literal(source.name),
+            "o_key": sql.Identifier("o", first),
+            "n_key": sql.Identifier("n", first),
+            "o_compared": _watched(source, "o", watched),
+            "n_compared": _watched(source, "n", watched),
+            # a custom setting's name must be an identifier, and a source name need not be one
+            "mark_setting": sql.Literal(f"syncer.mark_{hashlib.sha256(source.name.encode()).hexdigest()[:16]}"),
         }
     )
 
@@ -60,22 +79,40 @@ def _watched(source: Source, row: str, watched: tuple[str, ...]) -> sql.Composed
     )
 
 
-def render(source: Source, notify: bool) -> list[sql.Composed]:
+def guarded(conn: psycopg.Connection, source: Source) -> bool:
+    """Whether an UPDATE naming no watched column may skip the comparison: only when no BEFORE UPDATE row
+    trigger of the table's own could rewrite an embedded column the UPDATE did not name."""
+    if source.partitioned:
+        return False
+    row = conn.execute(query("capture", "before_update_triggers"), {"table": source.table.as_string(conn)}).fetchone()
+    return row is not None and row[0] == 0
+
+
+def render(conn: psycopg.Connection, source: Source, notify: bool) -> list[sql.Composed]:
     """The statements that create or replace the source's triggers (``notify=False``: poll only)."""
-    blocks = ["capture", "truncate", "notify" if notify else "drop_notify"]
-    blocks += ["partition_truncate"] if source.partitioned else []
     parts = _parts(source)
-    return [query("capture", block, **parts) for block in blocks]
+    if source.partitioned:
+        blocks = ["capture_rows", "notify" if notify else "drop_notify", "truncate", "partition_truncate"]
+        return [query("capture", block, **parts) for block in blocks]
+    guard = guarded(conn, source)
+    update_guard = query("capture", "update_guard", **parts) if guard else sql.SQL("")
+    statements = [query("capture", "capture", **parts, update_guard=update_guard)]
+    statements += [query("capture", "mark", **parts)] if guard else []
+    return statements + [query("capture", "truncate", **parts)]
 
 
-def signatures(source: Source, notify: bool) -> tuple[list[str], list[str]]:
+def signatures(conn: psycopg.Connection, source: Source, notify: bool) -> tuple[list[str], list[str]]:
     """(trigger names on the table, function signatures) that must exist once installed."""
     names = objects(source)
-    triggers = [f"syncer_{source.name}_{kind}" for kind in ("rows", "updates", "truncate")]
-    triggers += [f"syncer_{source.name}_notify"] if notify else []
-    functions = [names["capture_fn"], names["truncate_fn"]]
-    functions += [names["partition_truncate_fn"]] if source.partitioned else []
-    return triggers, [sql.SQL("{}()").format(f).as_string(None) for f in functions]
+    if source.partitioned:
+        kinds, functions = ["rows", "updates", "truncate"], ["rows_fn", "truncate_fn", "partition_truncate_fn"]
+        kinds += ["notify"] if notify else []
+    else:
+        kinds, functions = ["inserts", "updates", "deletes", "truncate"], ["capture_fn", "truncate_fn"]
+        if guarded(conn, source):
+            kinds, functions = kinds + ["mark"], functions + ["mark_fn"]
+    triggers = [f"syncer_{source.name}_{kind}" for kind in kinds]
+    return triggers, [sql.SQL("{}()").format(names[f]).as_string(None) for f in functions]
 
 
 def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
@@ -84,14 +121,26 @@ def install(conn: psycopg.Connection, source: Source, notify: bool) -> int:
     Returns how many partitions got their TRUNCATE trigger now: partitions created or attached
     since the last apply (their rows may need queuing).
     """
-    for statement in render(source, notify):
+    for statement in render(conn, source, notify):
         conn.execute(statement)
+    if not source.partitioned:
+        # DROP TRIGGER locks the table ACCESS EXCLUSIVE even when there is nothing to drop: only what is there
+        present = set(_triggers(conn, source))
+        if f"syncer_{source.name}_rows" in present:
+            conn.execute(query("capture", "drop_rows", **_parts(source)))
+        if f"syncer_{source.name}_mark" in present and not guarded(conn, source):
+            conn.execute(query("capture", "drop_mark", **_parts(source)))
     missing = missing_partitions(conn, source)
     for schema, name in missing:
         log.info("%s: TRUNCATE trigger on partition %s.%s", source.name, schema, name)
         partition = sql.Identifier(schema, name)
         conn.execute(query("capture", "partition_trigger", **_parts(source), partition=partition))
     return len(missing)
+
+
+def _triggers(conn: psycopg.Connection, source: Source) -> list[str]:
+    rows = conn.execute(query("capture", "triggers"), {"table": source.table.as_string(conn)})
+    return [row[0] for row in rows]
 
 
 def missing_partitions(conn: psycopg.Connection, source: Source) -> list[tuple[str, str]]:

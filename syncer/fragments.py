@@ -19,7 +19,11 @@ WHITESPACE = (
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 PARAGRAPH = "\n\n"
-ALIASES = "tqecpkb"  # source row, queue row, stored vector, current row, picked row, kept row, batch row
+# Advisory locks: (WAKE_LOCK, 0) is held exclusively by a worker about to sleep and shared by writers that
+# logged a change without NOTIFY; (WAKE_LOCK + 1, hashtext(source)): one worker at a time moves a source's log.
+WAKE_LOCK = 1042511434  # hashtext('syncer.wakeup')
+# source row, queue row, stored vector, current row, picked row, kept row, batch row, moved log row, unnested key
+ALIASES = "tqecpkbmu"
 JOINS = ("t_is_e", "t_is_p", "e_is_k", "t_is_o", "e_is_g", "b_is_e", "t_is_b", "e_is_c")
 
 
@@ -38,6 +42,16 @@ def keys_equal(source: Source, left: str, right: str, *, qualified: bool = False
     equals = sql.SQL(" OPERATOR(pg_catalog.=) " if qualified else " = ")
     return sql.SQL(" AND ").join(
         sql.SQL("{}{}{}").format(column(left, k), equals, column(right, k)) for k in source.keys
+    )
+
+
+def key_arrays(source: Source, *, named: bool = False) -> sql.Composed:
+    """``array_agg(k1), array_agg(k2)`` (``named``: ``... AS k1``): a statement's keys as one array per column."""
+    return sql.SQL(", ").join(
+        sql.SQL("array_agg({}){}").format(
+            sql.Identifier(k), sql.SQL(" AS {}").format(sql.Identifier(k)) if named else sql.SQL("")
+        )
+        for k in source.keys
     )
 
 
@@ -105,7 +119,9 @@ def _parts(source: Source) -> dict[str, sql.Composable]:
     vector = vector_parts(source.vector_schema) if source.vector_schema else {}
     return (
         vector
-        | {"table": source.table, "store": source.store, "queue": source.queue, "keys": key_list(source)}
+        | {"table": source.table, "store": source.store, "queue": source.queue, "log": source.log}
+        | {"keys": key_list(source), "key_arrays": key_arrays(source), "name": sql.Literal(source.name)}
+        | {"wake_lock": sql.Literal(WAKE_LOCK), "expand_lock": sql.Literal(WAKE_LOCK + 1)}
         | {"text": text(source), "k_key_text": key_text(source, "k"), "q_key_text": key_text(source, "q")}
         | {f"{a}_keys": key_list(source, a) for a in ALIASES}
         | {j: keys_equal(source, j[0], j[-1]) for j in JOINS}

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BULK_SHARE = 10  # bulk work (a backfill) gets at least 1/10 of a claim while live edits come first
 SETTLE_ROWS = 64  # keys per settle transaction: what an application writer may wait for, at most
+EXPAND_ROWS = 1_000  # logged statements moved into the queue per claim
 BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
 WANTED = {  # a batch row (b) is queued when ...
     "missing": sql.SQL("b.text IS NOT NULL AND e.content_hash IS NULL"),  # it has text and no vector
@@ -160,11 +161,14 @@ def claim(
     lease_seconds: float,
     token: uuid.UUID | None = None,
 ) -> Batch:
-    """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction."""
+    """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction,
+    the source's logged changes moved into the queue first (one commit, not two, before the claim)."""
     token = token or uuid.uuid4()
     bulk_share = max(1, limit // BULK_SHARE)
     params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds, "bulk_share": bulk_share}
     with transaction(conn):
+        if not source.shadow:  # a re-embed's queue is filled by the re-embed, not by the triggers
+            conn.execute(query("queue", "expand", **fragments.parts(source)), {"limit": EXPAND_ROWS})
         rows = conn.execute(query("queue", "claim", **fragments.parts(source)), params).fetchall()
     return plan(source, token, [Change(*row) for row in rows], model_id)
 
@@ -290,6 +294,12 @@ def release_token(conn: psycopg.Connection, source: Source, token: uuid.UUID) ->
     with transaction(conn):
         statement = query("queue", "release_token", **fragments.parts(source))
         return len(conn.execute(statement, {"token": token}).fetchall())
+
+
+def ready(conn: psycopg.Connection, source: Source) -> bool:
+    """Whether changes are logged or keys are ready to claim."""
+    row = conn.execute(query("queue", "ready", **fragments.parts(source))).fetchone()
+    return bool(row and row[0])
 
 
 def busy(conn: psycopg.Connection, source: Source) -> bool:

@@ -1,7 +1,7 @@
 """What `syncer status` and the metrics report: rows, vectors and the queue by state, without scanning a large table.
 
 Row counts of the source and the store come from the planner's statistics once a table is large
-(``EXACT_BELOW`` rows), and are counted exactly below that; the queue is always counted (one scan).
+(``EXACT_BELOW`` rows), and are counted exactly below that; the queue and the log are always counted (one scan).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Status:
 
 def queue_state(conn: psycopg.Connection, source: Source) -> QueueState:
     with transaction(conn):
-        row = conn.execute(query("report", "queue_state", queue=source.queue)).fetchone()
+        row = conn.execute(query("report", "queue_state", queue=source.queue, log=source.log)).fetchone()
     assert row is not None
     return QueueState(*row)
 
@@ -77,7 +77,7 @@ def _estimate(conn: psycopg.Connection, table: sql.Identifier) -> int | None:
 
 def queued(conn: psycopg.Connection, source: Source) -> int:
     with transaction(conn):
-        row = conn.execute(query("report", "queued", queue=source.queue)).fetchone()
+        row = conn.execute(query("report", "queued", queue=source.queue, log=source.log)).fetchone()
     return row[0] if row else 0
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 HEAD = "0004"  # the newest migration (a test keeps it in step with migrations/versions)
 APPLY_LOCK = 0x73796E63  # "sync": one applier at a time (transaction-level: works through PgBouncer)
-OBJECTS_VERSION = "2"  # part of every fingerprint: a release that renders objects differently re-applies them
+OBJECTS_VERSION = "3"  # part of every fingerprint: a release that renders objects differently re-applies them
 LOCK_RETRY_BASE, LOCK_RETRY_CAP = 1.0, 30.0  # seconds between attempts at DDL that gave way to the application
 
 T = TypeVar("T")
@@ -235,7 +235,7 @@ def fingerprint(conn: psycopg.Connection, source: Source, notify: bool) -> str:
     The two halves apart: a column added to the table changes the search function only, which
     the workers do not need (with SYNCER_APPLY=never they run on; the next apply updates it).
     """
-    halves = (capture.render(source, notify) + tables.render(source), search.render(source))
+    halves = (capture.render(conn, source, notify) + tables.render(source), search.render(source))
     return "/".join(_digest(conn, statements) for statements in halves)
 
 
@@ -258,7 +258,7 @@ def _up_to_date(
     """Whether the recorded fingerprint and definition match, and every object is there."""
     recorded = (registration.objects or "").split("/")
     wanted = objects.split("/")
-    triggers, functions = capture.signatures(source, notify)
+    triggers, functions = capture.signatures(conn, source, notify)
     functions.append(tables.index_function_signature(source))
     if search_too:
         functions += search.signatures(source).values()

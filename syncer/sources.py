@@ -1,8 +1,8 @@
 """What a source is once resolved against the catalog: its table, key, text definition and objects.
 
-A source's objects: its queue (``syncer.<name>_queue``), capture triggers, the embedding store
-(``<table>_embeddings`` unless configured), its HNSW index and the search function
-(``syncer.search_<name>``). Names here; SQL built from them in ``fragments``.
+A source's objects: its change log and queue (``syncer.<name>_log``, ``syncer.<name>_queue``),
+capture triggers, the embedding store (``<table>_embeddings`` unless configured), its HNSW index
+and the search function (``syncer.search_<name>``). Names here; SQL built from them in ``fragments``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,15 @@ class Source:
     @property
     def queue(self) -> sql.Identifier:
         return sql.Identifier(SYNCER_SCHEMA, self.queue_name)
+
+    @property
+    def log(self) -> sql.Identifier:
+        """The change log the capture triggers append to (one per source; a re-embed's shadow has none)."""
+        return sql.Identifier(SYNCER_SCHEMA, self.log_name)
+
+    @property
+    def log_name(self) -> str:
+        return f"{self.name}_log"
 
     @property
     def index_name(self) -> str:

@@ -1,4 +1,4 @@
-"""A source's own tables: its queue and its store (with the HNSW index), created when missing."""
+"""A source's own tables: its change log, its queue and its store (with the HNSW index), created when missing."""
 
 from __future__ import annotations
 
@@ -20,13 +20,24 @@ CHUNK_COLUMN = "chunk"  # present once a store holds chunks
 
 
 def create_queue(conn: psycopg.Connection, source: Source) -> None:
-    """The source's queue, created or brought up to date (an older queue gains the newer columns and index)."""
+    """The source's queue (and change log), created or brought up to date (an older queue gains the newer
+    columns and index)."""
+    if not source.shadow and catalog.relation(conn, SYNCER_SCHEMA, source.log_name) is None:
+        conn.execute(_create_log(source))
     oid = catalog.relation(conn, SYNCER_SCHEMA, source.queue_name)
     if oid is None:
         conn.execute(query("tables", "create_queue", **fragments.parts(source)))
     elif _current(conn, oid, source):
         return
     conn.execute(_queue_upgrade(source))
+
+
+def _create_log(source: Source) -> sql.Composed:
+    external = sql.SQL(", ").join(
+        sql.SQL("ALTER COLUMN {} SET STORAGE EXTERNAL").format(sql.Identifier(k)) for k in source.keys
+    )
+    named = fragments.key_arrays(source, named=True)
+    return query("tables", "create_log", **fragments.parts(source), key_arrays_named=named, external_keys=external)
 
 
 def _current(conn: psycopg.Connection, oid: int, source: Source) -> bool:
@@ -109,8 +120,10 @@ def index_parts(source: Source) -> dict[str, sql.Composable]:
 
 
 def render(source: Source) -> list[sql.Composed]:
-    """What apply renders beyond creating the tables: the queue's newer columns, the index function."""
+    """What apply renders beyond creating the queue and store: the log, the queue's newer columns, the index
+    function."""
     return [
+        _create_log(source),
         _queue_upgrade(source),
         query("tables", "index_function", **index_parts(source)),
     ]

@@ -1,4 +1,4 @@
-"""The loop: drain the queues, then wait for a notification, the poll, or stop.
+"""The loop: drain the queues, then sleep until a notification, the poll, or stop (``wakeup``).
 
 Each batch: claim under a lease (short transaction), embed with no transaction open, then
 settle (second short transaction) on a writer thread while the next batch is claimed and embedded.
@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,7 @@ class WorkerOptions:
     lease_seconds: float = 60.0
     max_batch_seconds: float = 1800.0
     poll_interval: float = 5.0
+    notify: bool = True  # sleep armed on a LISTEN connection (False: poll only)
     lock_timeout: float = 2.0
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
@@ -55,6 +57,7 @@ class WorkerOptions:
             lease_seconds=settings.lease_seconds,
             max_batch_seconds=settings.max_batch_seconds,
             poll_interval=settings.poll_interval,
+            notify=settings.notify,
             lock_timeout=settings.lock_timeout,
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
@@ -81,7 +84,7 @@ class Worker:
         self.progress = progress or {}
         self.health = health or Health(options.max_batch_seconds)
         self.chunkers = {source.name: chunking.chunker(source.config, provider) for source in source_list}
-        self.wakeup = Wakeup(db, options.poll_interval)
+        self.wakeup = Wakeup(db, options.poll_interval, options.notify)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
         self._indexed: set[str] = set()
@@ -128,6 +131,7 @@ class Worker:
             self.db.connect() as claim_conn,
             self.db.connect() as write_conn,
             ThreadPoolExecutor(1, thread_name_prefix="syncer-write") as writer,
+            nullcontext(None) if once else self.wakeup.listener() as listen_conn,
         ):
             self.leases.give_back()  # batches left in hand when the last connection broke
             while not self.stopping:
@@ -137,7 +141,10 @@ class Worker:
                 if once:
                     return
                 self.health.waiting()
-                self.wakeup.event.wait()
+                self.wakeup.sleep(listen_conn, self._ready)
+
+    def _ready(self, conn: psycopg.Connection) -> bool:
+        return any(queue.ready(conn, source) for source in self.sources)
 
     def drain(self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor) -> int:
         """Process batches, one per source in turn, until none is ready; returns keys settled."""

@@ -17,10 +17,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from syncer import queue, schema
+from syncer import fragments, queue, schema
 from syncer.database import Database
 from syncer.providers import Provider
+from syncer.queries import query
 from syncer.settings import Settings, SourceConfig
+from syncer.sources import Source
 from syncer.worker import Worker, WorkerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +64,27 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def expand(conn: psycopg.Connection, source: str = "docs") -> None:
+    """Move the source's logged changes into its queue, as a worker's claim does first."""
+    keys = [
+        row[0]
+        for row in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+            "AND attname NOT IN ('changed', 'seq', 'logged_at') ORDER BY attnum",
+            [f"syncer.{source}_log"],
+        )
+    ]
+    if not keys:
+        return  # not applied yet
+    config = SourceConfig(table=f"public.{source}", name=source, columns=(keys[0],))
+    resolved = Source(config, "public", source, tuple(keys), (), "public", f"{source}_embeddings", f"{source}_queue")
+    with conn.transaction():
+        conn.execute(query("queue", "expand", **fragments.parts(resolved)), {"limit": 1_000_000})
+
+
 def queue_depth(conn: psycopg.Connection, source: str = "docs") -> int:
+    """Rows in the source's queue once its logged changes are moved in."""
+    expand(conn, source)
     return conn.execute(f"SELECT count(*) FROM syncer.{source}_queue").fetchone()[0]
 
 

@@ -89,7 +89,7 @@ def test_the_backfill_is_queued_in_batches_after_the_ddl_commits(
     [(_, queued)] = schema.apply(db, settings, HashEmbedder())
     assert queued == 1000
     transactions = conn.execute("SELECT count(DISTINCT xmin::text) FROM syncer.docs_queue").fetchone()[0]
-    trigger_txn = conn.execute("SELECT xmin::text FROM pg_trigger WHERE tgname = 'syncer_docs_rows'").fetchone()[0]
+    trigger_txn = conn.execute("SELECT xmin::text FROM pg_trigger WHERE tgname = 'syncer_docs_inserts'").fetchone()[0]
     assert transactions == 10
     assert conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE xmin::text = %s", [trigger_txn]).fetchone() == (
         0,

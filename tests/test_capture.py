@@ -1,4 +1,4 @@
-"""Change capture on the writer's path: what gets queued, and one NOTIFY per statement."""
+"""Change capture on the writer's path: what gets logged and queued, and NOTIFY only for a sleeping worker."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from helpers import make_settings, queue_depth, sync_once
+from syncer.fragments import WAKE_LOCK
+
+from helpers import expand, make_settings, queue_depth, sync_once
 from providers import HashEmbedder
 
 
 def queued_keys(conn: psycopg.Connection) -> list[int]:
+    expand(conn)
     return [r[0] for r in conn.execute("SELECT id FROM syncer.docs_queue ORDER BY id")]
 
 
@@ -29,18 +32,47 @@ def test_queue_records_keys_of_relevant_changes(conn: psycopg.Connection, docs: 
     assert queued_keys(conn) == [1, 2, 3, 9, 30]
 
 
-def test_one_notification_per_statement(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+def logged(conn: psycopg.Connection) -> list[tuple[list[int], int]]:
+    return [(sorted(r[0]), r[1]) for r in conn.execute("SELECT id, changed FROM syncer.docs_log ORDER BY seq")]
+
+
+def test_each_statement_logs_one_row_of_the_keys_it_changed(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["title", "body"]})
+    sync_once(settings, HashEmbedder(settings))
+    conn.execute("INSERT INTO docs (id, body) SELECT i, 'bulk ' || i FROM generate_series(100, 199) i")
+    conn.execute("UPDATE docs SET body = body || '!' WHERE id IN (1, 2)")
+    conn.execute("UPDATE docs SET body = body WHERE id = 3")  # same text: nothing
+    conn.execute("UPDATE docs SET lang = 'xx'")  # no embedded column: nothing
+    conn.execute("UPDATE docs SET title = NULL WHERE id = 4 AND title IS NULL")  # NULL to NULL: nothing
+    conn.execute("UPDATE docs SET id = 40 WHERE id = 4")  # a key change: the old and the new key
+    conn.execute("DELETE FROM docs WHERE id >= 150")
+    conn.execute("DELETE FROM docs WHERE id = 12345")  # no row: nothing
+    assert logged(conn) == [(list(range(100, 200)), 100), ([1, 2], 2), ([4, 40], 2), (list(range(150, 200)), 50)]
+    assert queued_keys(conn) == [1, 2, 4, 40] + list(range(100, 200))
+    assert logged(conn) == []
+
+
+def test_writers_notify_only_while_a_worker_sleeps_armed(conn: psycopg.Connection, docs: str, db_url: str) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
     sync_once(settings, HashEmbedder(settings))
-    with psycopg.connect(db_url, autocommit=True) as listener:
-        listener.execute("LISTEN syncer")
+    arm = "SELECT pg_try_advisory_lock(%s, 0)"
+    with psycopg.connect(db_url, autocommit=True) as worker:
+        worker.execute("LISTEN syncer")
+        conn.execute("INSERT INTO docs (body) VALUES ('no worker asleep: no NOTIFY')")
+        assert list(worker.notifies(timeout=0.3)) == []
+        with conn.transaction():  # a writer in flight holds the wake lock shared: no worker arms until it commits
+            conn.execute("UPDATE docs SET body = 'in flight' WHERE id = 1")
+            assert worker.execute(arm, [WAKE_LOCK]).fetchone()[0] is False
+        assert worker.execute(arm, [WAKE_LOCK]).fetchone()[0] is True  # armed: and the change is visible
+        assert "in flight" in worker.execute("SELECT string_agg(body, ',') FROM docs").fetchone()[0]
         conn.execute("INSERT INTO docs (body) SELECT 'bulk ' || i FROM generate_series(1, 100) i")
         with conn.transaction():
             conn.execute("UPDATE docs SET body = body || '!' WHERE id <= 3")
             conn.execute("DELETE FROM docs WHERE id = 4")
-        received = list(listener.notifies(timeout=1.0))
-    assert [(n.channel, n.payload) for n in received] == [("syncer", "docs"), ("syncer", "docs")]
-    assert queue_depth(conn) == 104
+        conn.execute("UPDATE docs SET lang = 'xx'")  # logs nothing: no NOTIFY
+        received = list(worker.notifies(timeout=0.5))
+        assert [(n.channel, n.payload) for n in received] == [("syncer", "docs"), ("syncer", "docs")]
+    assert queue_depth(conn) == 105  # 100 inserted, 2 inserted before, keys 2, 3 and 4
 
 
 def test_capture_functions_run_with_a_pinned_search_path(conn: psycopg.Connection, docs: str, db_url: str) -> None:
@@ -50,8 +82,8 @@ def test_capture_functions_run_with_a_pinned_search_path(conn: psycopg.Connectio
         "SELECT proname, prosecdef, proconfig FROM pg_proc WHERE pronamespace = 'syncer'::regnamespace "
         "AND prorettype = 'trigger'::regtype ORDER BY proname"
     ).fetchall()
-    assert [r[0] for r in rows] == ["docs_capture_v1", "docs_truncate_v1", "notify_v1"]
-    assert all(r[1] and r[2] == ["search_path=pg_catalog, pg_temp"] for r in rows)
+    assert [r[0] for r in rows] == ["docs_capture_v2", "docs_mark_v1", "docs_truncate_v1", "notify_v1"]
+    assert all(r[1] and r[2][0] == "search_path=pg_catalog, pg_temp" for r in rows)
     # An application role that may write docs, and nothing of syncer's, still commits.
     role = sql.Identifier(f"app_writer_{uuid.uuid4().hex[:8]}")
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
@@ -65,3 +97,20 @@ def test_capture_functions_run_with_a_pinned_search_path(conn: psycopg.Connectio
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
         conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def test_a_before_update_trigger_that_rewrites_embedded_text_is_caught(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    """An UPDATE naming no embedded column may still change one through the application's own trigger: with
+    such a trigger on the table, every UPDATE is compared."""
+    conn.execute(
+        "CREATE FUNCTION derive_body() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.body := 'about ' || NEW.title; RETURN NEW; END $$"
+    )
+    conn.execute("CREATE TRIGGER derive BEFORE UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION derive_body()")
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    sync_once(settings, HashEmbedder(settings))
+    conn.execute("UPDATE docs SET title = 'Soup' WHERE id = 1")  # names title only; body becomes 'about Soup'
+    assert queued_keys(conn) == [1]
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'syncer_docs_mark'").fetchone() == (0,)

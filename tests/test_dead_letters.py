@@ -10,7 +10,7 @@ import psycopg
 from syncer import report, schema
 from syncer.database import Database
 
-from helpers import make_settings, sha256, stored, sync_once, syncer_env, syncer_process
+from helpers import expand, make_settings, sha256, stored, sync_once, syncer_env, syncer_process
 from providers import HashEmbedder, PoisonEmbedder
 
 DOCS = {"table": "docs", "columns": ["body"]}
@@ -24,6 +24,7 @@ def cli(db_url: str, *args: str) -> str:
 
 
 def row_2(conn: psycopg.Connection) -> tuple[int, bool, str | None]:
+    expand(conn)  # an edit is logged; a worker's next claim moves it into the queue
     return conn.execute(
         "SELECT attempts, dead_at IS NOT NULL, last_error FROM syncer.docs_queue WHERE id = 2"
     ).fetchone()

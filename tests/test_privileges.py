@@ -108,7 +108,7 @@ def test_the_worker_can_do_nothing_else(roles: Roles) -> None:
             "CREATE TABLE syncer.mine (id int)",
             "SELECT secret FROM docs",
             "UPDATE docs SET body = 'x'",
-            "DROP TRIGGER syncer_docs_rows ON docs",
+            "DROP TRIGGER syncer_docs_inserts ON docs",
             "UPDATE syncer.sources SET model = 'x'",
             "ALTER TABLE docs_embeddings ADD COLUMN x int",
         ):

@@ -29,14 +29,16 @@ def test_edit_committed_while_old_text_is_embedded(conn: psycopg.Connection, doc
 
 
 def test_edit_in_flight_while_batch_is_written(conn: psycopg.Connection, docs: str, db_url: str) -> None:
-    """An application transaction holds the row (and its queue entry) while the worker writes."""
+    """An application transaction holds the row while the worker writes: the worker neither waits for it nor
+    writes its uncommitted text; its commit queues the row again."""
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
     final = "A slow edit."
+    committed = conn.execute("SELECT body FROM docs WHERE id = 1").fetchone()[0]
     with psycopg.connect(db_url) as app:
         provider = HookedEmbedder(lambda: app.execute("UPDATE docs SET body = %s WHERE id = 1", [final]))
         sync_once(settings, provider)  # must not wait for the application's open transaction
-        assert 1 not in stored(conn)  # its text is being changed: nothing stale was written
-        assert sorted(stored(conn)) == [2, 3, 4]
+        assert sorted(stored(conn)) == [1, 2, 3, 4]
+        assert stored(conn)[1][1] == sha256(committed)  # the text as committed, not the edit in flight
         app.commit()
     sync_once(settings, provider)
     assert stored(conn)[1][1] == sha256(final)
@@ -66,7 +68,7 @@ def test_worker_that_lost_its_lease_writes_nothing(conn: psycopg.Connection, doc
 def test_rejected_row_is_recorded_and_retried_while_others_flow(
     conn: psycopg.Connection, docs: str, db_url: str
 ) -> None:
-    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, retry_base_seconds=2, retry_max_seconds=2)
     conn.execute("UPDATE docs SET body = 'POISON pill' WHERE id = 2")
     provider = PoisonEmbedder(settings)
 
@@ -80,7 +82,7 @@ def test_rejected_row_is_recorded_and_retried_while_others_flow(
 
     sync_once(settings, provider)  # backing off: not claimed again at once
     assert conn.execute("SELECT attempts FROM syncer.docs_queue WHERE id = 2").fetchone() == (1,)
-    time.sleep(0.5)
+    time.sleep(2)  # backoff of a first failure: 1-2 s
     sync_once(settings, provider)
     assert conn.execute("SELECT attempts FROM syncer.docs_queue WHERE id = 2").fetchone() == (2,)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import threading
 import time
@@ -65,20 +66,53 @@ def test_poll_catches_a_change_whose_notification_was_missed(conn: psycopg.Conne
     with running(settings) as worker:
         assert worker.wakeup.listening.wait(5)
         wait_for(lambda: queue_depth(conn) == 0)
-        with conn.transaction():
-            conn.execute("ALTER TABLE docs DISABLE TRIGGER syncer_docs_notify")  # the NOTIFY never happens
+        with conn.transaction():  # logged while the worker sleeps armed, but the NOTIFY never happens
+            conn.execute("SET LOCAL session_replication_role = replica")  # no triggers
             conn.execute("INSERT INTO docs (id, body) VALUES (100, 'quiet')")
-            conn.execute("ALTER TABLE docs ENABLE TRIGGER syncer_docs_notify")
+            conn.execute("INSERT INTO syncer.docs_log (id, changed) VALUES (ARRAY[100], 1)")
         wait_for(embedded(conn, 100, "quiet"), timeout=10)
 
 
-def test_poll_only_mode_installs_no_notify(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+def test_no_wakeup_is_lost_while_writers_race_two_sleeping_workers(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    """With the poll a minute away only a NOTIFY wakes a worker: every write must still be embedded at once,
+    whether it commits while a worker drains, arms, re-checks or sleeps."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=60)
+    with running(settings) as first, running(settings) as second:
+        assert first.wakeup.listening.wait(5) and second.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0)
+
+        def write(writer: int) -> None:
+            rng = random.Random(writer)
+            with psycopg.connect(db_url, autocommit=True) as own:
+                for n in range(40):
+                    key, text = rng.randint(1, 4), f"writer {writer} edit {n}"
+                    if rng.random() < 0.5:
+                        key, text = 1000 * (writer + 1) + n, f"new row {writer}/{n}"
+                        own.execute("INSERT INTO docs (id, body) VALUES (%s, %s)", [key, text])
+                    else:
+                        own.execute("UPDATE docs SET body = %s WHERE id = %s", [text, key])
+                    time.sleep(rng.uniform(0, 0.03))
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        final = dict(conn.execute("SELECT id, body FROM docs WHERE body IS NOT NULL").fetchall())
+        wait_for(lambda: all(stored(conn).get(k, (None, None))[1] == sha256(t) for k, t in final.items()), 10)
+
+
+def test_poll_only_mode_never_listens(conn: psycopg.Connection, docs: str, db_url: str) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, notify=False, poll_interval=0.3)
-    with running(settings):
+    with running(settings) as worker:
         triggers = conn.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal ORDER BY 1"
         ).fetchall()
-        assert triggers == [("syncer_docs_rows",), ("syncer_docs_truncate",), ("syncer_docs_updates",)]
+        names = ["deletes", "inserts", "mark", "truncate", "updates"]
+        assert triggers == [(f"syncer_docs_{name}",) for name in names]  # none sends NOTIFY unless a worker arms
+        assert not worker.wakeup.listening.is_set()
         conn.execute("UPDATE docs SET body = 'polled' WHERE id = 1")
         wait_for(embedded(conn, 1, "polled"), timeout=10)
 

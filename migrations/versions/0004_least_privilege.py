@@ -5,7 +5,8 @@
 - ``syncer.applied_v1(name)``: the registry row of a source, locked FOR SHARE for the calling
   transaction (a settle): no re-embed switch or definition adoption commits while it writes. A
   worker may execute it without the UPDATE privilege that FOR SHARE needs.
-- ``syncer.pending_rows(cap)``: keys ready to be claimed over every source (for autoscalers).
+- ``syncer.pending_rows(cap)``: keys ready to be claimed over every source, changes logged and not yet
+  queued included (for autoscalers).
 
 Revision ID: 0004
 Revises: 0003
@@ -39,23 +40,28 @@ def upgrade() -> None:
         DECLARE
             total bigint := 0;
             part bigint;
-            queue text;
+            name text;
         BEGIN
-            FOR queue IN SELECT s.name || '_queue' FROM syncer.sources s ORDER BY s.name LOOP
+            FOR name IN SELECT s.name FROM syncer.sources s ORDER BY s.name LOOP
                 EXECUTE format(
                     'SELECT count(*) FROM (SELECT FROM syncer.%I WHERE dead_at IS NULL AND not_before <= now() '
-                    'AND (lease_until IS NULL OR lease_until < now()) LIMIT $1) ready', queue)
+                    'AND (lease_until IS NULL OR lease_until < now()) LIMIT $1) ready', name || '_queue')
                 INTO part USING greatest(cap - total, 0);
                 total := total + part;
+                IF to_regclass(format('syncer.%I', name || '_log')) IS NOT NULL THEN
+                    EXECUTE format('SELECT coalesce(sum(changed), 0) FROM syncer.%I', name || '_log') INTO part;
+                    total := total + part;
+                END IF;
             END LOOP;
-            RETURN total;
+            RETURN least(total, cap);
         END
         $$
         """
     )
     op.execute(
         "COMMENT ON FUNCTION syncer.pending_rows(bigint) IS "
-        "'Keys ready to be claimed over every source, counted up to cap: the queue depth to scale workers on'"
+        "'Keys ready to be claimed over every source (logged changes included), counted up to cap: "
+        "the queue depth to scale workers on'"
     )
 
 

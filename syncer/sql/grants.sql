@@ -6,8 +6,10 @@ GRANT USAGE ON SEQUENCE syncer.change_seq TO {role};
 GRANT EXECUTE ON FUNCTION syncer.applied_v1(text), syncer.pending_rows(bigint) TO {role}
 
 -- name: worker_source
--- Per source: read the key and the embedded columns, work the queue, write the store, build its index.
+-- Per source: read the key and the embedded columns, move the change log into the queue (FOR UPDATE needs
+-- UPDATE), work the queue, write the store, build its index.
 GRANT SELECT ({columns}) ON {table} TO {role};
+GRANT SELECT, UPDATE, DELETE ON {log} TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {queue}, {store} TO {role};
 GRANT EXECUTE ON FUNCTION {index_fn}(bigint, integer) TO {role}
 

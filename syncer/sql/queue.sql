@@ -28,6 +28,37 @@ WITH batch AS (
 )
 SELECT (SELECT count(*) FROM queued), {b_keys} FROM batch b ORDER BY {b_keys_desc} LIMIT 1
 
+-- name: expand
+-- Before a claim, in its transaction: move up to %(limit)s logged statements into the queue, one queue row per key
+-- in the order of its first logged change. A key changed again gets a new seq, loses its lease and starts afresh
+-- (attempts, backoff, dead): it is live work again. One worker at a time per source (two expansions upserting
+-- overlapping keys in different orders would deadlock); the others claim what is queued already.
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock({expand_lock}, hashtext({name})) AS ours
+), moved AS (
+    DELETE FROM {log} l
+    WHERE l.ctid = ANY (ARRAY(
+        SELECT ctid FROM {log} WHERE (SELECT ours FROM gate) LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+    RETURNING l.*
+), changed AS (
+    SELECT {u_keys}, min(m.seq) AS first_seq, min(m.logged_at) AS logged_at
+    FROM moved m CROSS JOIN LATERAL unnest({m_keys}) AS u({keys})
+    GROUP BY {u_keys}
+)
+INSERT INTO {queue} AS q ({keys}, queued_at)
+SELECT {keys}, logged_at FROM changed ORDER BY first_seq, {keys}
+ON CONFLICT ({keys}) DO UPDATE
+SET seq = excluded.seq, not_before = now(), attempts = 0, last_error = NULL,
+    first_failed_at = NULL, last_failed_at = NULL, dead_at = NULL,
+    queued_at = CASE WHEN q.dead_at IS NULL THEN q.queued_at ELSE excluded.queued_at END,
+    lease_token = NULL, lease_until = NULL, bulk = false
+
+-- name: ready
+-- Whether anything waits: logged changes, or queue rows ready to claim (a worker's re-check before it sleeps).
+SELECT EXISTS (SELECT FROM {log})
+    OR EXISTS (SELECT FROM {queue}
+               WHERE dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now()))
+
 -- name: claim
 -- Lease ready keys, up to %(limit)s rows and %(bytes)s bytes of text (at least one row), and read each one's
 -- current text and what is stored for it. Changes the triggers captured come first, oldest first; bulk work
@@ -166,8 +197,8 @@ RETURNING q.seq
 SELECT count(*) FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token IS DISTINCT FROM %(token)s
 
 -- name: busy
--- Whether any key is ready or leased: an index built now would slow the inserts still to come.
-SELECT EXISTS (
+-- Whether any key is logged, ready or leased: an index built now would slow the inserts still to come.
+SELECT EXISTS (SELECT FROM {log}) OR EXISTS (
     SELECT FROM {queue}
     WHERE dead_at IS NULL AND (not_before <= now() OR lease_until > now()))
 
@@ -191,5 +222,6 @@ WHERE q.attempts > 0 AND (%(all)s OR {q_key_text} = ANY(%(keys)s))
 RETURNING {q_key_text}
 
 -- name: pending
--- Keys waiting or in hand, counted up to %(cap)s (dead ones wait for no one).
-SELECT count(*) FROM (SELECT FROM {queue} WHERE dead_at IS NULL LIMIT %(cap)s) p
+-- Keys waiting or in hand, counted up to %(cap)s (dead ones wait for no one; logged ones counted as logged).
+SELECT (SELECT count(*) FROM (SELECT FROM {queue} WHERE dead_at IS NULL LIMIT %(cap)s) p)
+     + (SELECT coalesce(sum(changed), 0) FROM {log})

@@ -1,12 +1,16 @@
 -- name: queue_state
--- A source's queue by state (ready, leased, backing off, dead: each row in one), failing rows, the age of the
--- oldest pending change (dead rows excluded) and the latest error: one scan of the queue, none of the table.
-SELECT count(*) FILTER (WHERE dead_at IS NULL AND coalesce(lease_until < now(), true) AND not_before <= now()),
+-- A source's queue by state (ready, leased, backing off, dead: each row in one; logged changes not yet moved into
+-- the queue count as ready), failing rows, the age of the oldest pending change (dead rows excluded) and the
+-- latest error: one scan of the queue and of the log, none of the table.
+WITH logged AS (SELECT coalesce(sum(changed), 0) AS keys, min(logged_at) AS oldest FROM {log})
+SELECT count(*) FILTER (WHERE dead_at IS NULL AND coalesce(lease_until < now(), true) AND not_before <= now())
+         + (SELECT keys FROM logged),
        count(*) FILTER (WHERE dead_at IS NULL AND lease_until >= now()),
        count(*) FILTER (WHERE dead_at IS NULL AND coalesce(lease_until < now(), true) AND not_before > now()),
        count(*) FILTER (WHERE dead_at IS NOT NULL),
        count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0),
-       extract(epoch FROM now() - min(queued_at) FILTER (WHERE dead_at IS NULL))::float8,
+       extract(epoch FROM now() - least(min(queued_at) FILTER (WHERE dead_at IS NULL),
+                                        (SELECT oldest FROM logged)))::float8,
        (SELECT last_error FROM {queue} WHERE attempts > 0 ORDER BY last_failed_at DESC NULLS LAST LIMIT 1)
 FROM {queue}
 
@@ -26,5 +30,5 @@ SELECT count(*) FROM {table}
 SELECT count(*) FILTER (WHERE chunk = 0), count(*) FROM {store}
 
 -- name: queued
--- Rows waiting in a source's queue (the size of a progress display); dead rows wait for no one.
-SELECT count(*) FROM {queue} WHERE dead_at IS NULL
+-- Rows waiting in a source's queue or log (the size of a progress display); dead rows wait for no one.
+SELECT (SELECT count(*) FROM {queue} WHERE dead_at IS NULL) + (SELECT coalesce(sum(changed), 0) FROM {log})

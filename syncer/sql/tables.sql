@@ -12,6 +12,18 @@ ALTER TABLE {queue}
     ADD PRIMARY KEY ({keys});
 CREATE UNIQUE INDEX ON {queue} (seq);
 
+-- name: create_log
+-- The source's change log: one row per capturing statement, with the keys it changed as one array per key
+-- column (typed like the key) and their count. No index: writers only append; workers take rows in any order and
+-- coalesce them into the queue. Arrays out of line and uncompressed: compressing a 40 kB array of keys costs
+-- milliseconds on the writer's path.
+CREATE TABLE {log} AS SELECT {key_arrays_named} FROM {table} WITH NO DATA;
+ALTER TABLE {log}
+    ADD COLUMN changed integer NOT NULL,
+    ADD COLUMN seq bigint NOT NULL DEFAULT nextval('syncer.change_seq'),
+    ADD COLUMN logged_at timestamptz NOT NULL DEFAULT now(),
+    {external_keys}
+
 -- name: queue_dead_letters
 -- Since 0.2: when a row first and last failed, and when it was given up on (dead: no more retries); whether
 -- its vectors must be made again though its text is unchanged (another chunking, say); whether it is bulk work
@@ -106,7 +118,8 @@ SELECT {index_fn}(%(memory_kb)s, %(workers)s)
 DROP FUNCTION IF EXISTS {index_fn}(bigint, integer)
 
 -- name: drop
--- Remove the source's queue, store and index function (the source table itself is left alone).
+-- Remove the source's log, queue, store and index function (the source table itself is left alone).
 DROP FUNCTION IF EXISTS {index_fn}(bigint, integer);
+DROP TABLE IF EXISTS {log};
 DROP TABLE IF EXISTS {queue};
 DROP TABLE IF EXISTS {store}
