@@ -114,3 +114,27 @@ def test_a_before_update_trigger_that_rewrites_embedded_text_is_caught(
     conn.execute("UPDATE docs SET title = 'Soup' WHERE id = 1")  # names title only; body becomes 'about Soup'
     assert queued_keys(conn) == [1]
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'syncer_docs_mark'").fetchone() == (0,)
+
+
+def test_apply_replaces_row_capture_of_0_1_in_one_transaction(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    sync_once(settings, HashEmbedder(settings))
+    # what 0.1 installed: a row trigger function and its triggers, and a NOTIFY per statement
+    conn.execute(
+        "CREATE FUNCTION syncer.docs_capture_v1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER syncer_docs_rows AFTER INSERT OR DELETE ON docs FOR EACH ROW "
+        "EXECUTE FUNCTION syncer.docs_capture_v1()"
+    )
+    conn.execute(
+        "CREATE TRIGGER syncer_docs_notify AFTER INSERT ON docs FOR EACH STATEMENT "
+        "EXECUTE FUNCTION syncer.notify_v1('docs')"
+    )
+    conn.execute("UPDATE syncer.sources SET objects = NULL")
+    sync_once(settings, HashEmbedder(settings))
+    triggers = [r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass ORDER BY 1")]
+    assert triggers == [f"syncer_docs_{kind}" for kind in ("deletes", "inserts", "mark", "truncate", "updates")]
+    assert conn.execute("SELECT to_regproc('syncer.docs_capture_v1')").fetchone() == (None,)
+    conn.execute("INSERT INTO docs (id, body) VALUES (7, 'seven')")
+    assert queued_keys(conn) == [7]
