@@ -43,7 +43,9 @@ class Leases:
         self.max_hold_seconds = max_hold_seconds
         self._held: dict[uuid.UUID, queue.Batch | Claim] = {}
         self._lingering: dict[uuid.UUID, tuple[queue.Batch, float]] = {}
+        self._settling: set[uuid.UUID] = set()
         self._lock = threading.Lock()
+        self._renewing = threading.Lock()  # held while a renewal round has rows of the held batches locked
         self._closed = threading.Event()
         self._tick = threading.Event()  # wakes the keeper early: closing, or keys to give back
         self._thread = threading.Thread(target=self._keep, name="syncer-leases", daemon=True)
@@ -66,9 +68,16 @@ class Leases:
         with self._lock:
             self._held[batch.token] = batch
 
+    def settling(self, token: uuid.UUID) -> None:
+        """The batch is about to settle: no renewal touches its keys from now on (one in flight is waited for),
+        for the settle skips keys whose rows are locked, and would take a renewal's locks for another's."""
+        with self._renewing, self._lock:
+            self._settling.add(token)
+
     def done(self, token: uuid.UUID) -> None:
         with self._lock:
             self._held.pop(token, None)
+            self._settling.discard(token)
 
     def linger(self, batch: queue.Batch) -> None:
         """Some of the batch's keys were out of reach when it settled: give them back soon."""
@@ -125,11 +134,14 @@ class Leases:
                 conn.close()
 
     def _renew(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
-        batches = [b for b in self.held() if isinstance(b, queue.Batch) and self._renewable(b)]
-        if batches:
-            conn = conn or self.db.connect()
-            for batch in batches:
-                queue.renew(conn, batch, self.lease_seconds)
+        with self._renewing:
+            with self._lock:
+                held = [b for b in self._held.values() if isinstance(b, queue.Batch) and b.token not in self._settling]
+            batches = [b for b in held if self._renewable(b)]
+            if batches:
+                conn = conn or self.db.connect()
+                for batch in batches:
+                    queue.renew(conn, batch, self.lease_seconds)
         return conn
 
     def _release_lingering(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:

@@ -27,7 +27,7 @@ from .tables import MODEL_CONSTRAINT
 
 log = logging.getLogger(__name__)
 
-BULK_SHARE = 10  # bulk work (a backfill) gets at least 1/10 of a claim while live edits come first
+Lane = Literal["live", "bulk"]  # changes the triggers captured; a backfill, reconcile or adoption
 SETTLE_ROWS = 64  # keys per settle transaction: what an application writer may wait for, at most
 EXPAND_ROWS = 1_000  # logged statements moved into the queue per claim
 BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
@@ -160,12 +160,14 @@ def claim(
     max_bytes: int,
     lease_seconds: float,
     token: uuid.UUID | None = None,
+    *,
+    lane: Lane,
 ) -> Batch:
-    """Lease up to ``limit`` ready keys (and ``max_bytes`` of text, at least one key) in one short transaction,
-    the source's logged changes moved into the queue first (one commit, not two, before the claim)."""
+    """Lease up to ``limit`` ready keys of ``lane`` (and ``max_bytes`` of text, at least one key) in one short
+    transaction, the source's logged changes moved into the queue first (one commit, not two, before the claim)."""
     token = token or uuid.uuid4()
-    bulk_share = max(1, limit // BULK_SHARE)
-    params = {"limit": limit, "bytes": max_bytes, "token": token, "lease": lease_seconds, "bulk_share": bulk_share}
+    live, bulk = (limit, 0) if lane == "live" else (0, limit)
+    params = {"live": live, "bulk": bulk, "bytes": max_bytes, "token": token, "lease": lease_seconds}
     with transaction(conn):
         if not source.shadow:  # a re-embed's queue is filled by the re-embed, not by the triggers
             conn.execute(query("queue", "expand", **fragments.parts(source)), {"limit": EXPAND_ROWS})

@@ -8,6 +8,7 @@ whatever the failure, from one place (``run``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
@@ -32,6 +33,7 @@ from .wakeup import Wakeup, backoff
 log = logging.getLogger(__name__)
 
 RECONNECT_BASE, RECONNECT_CAP = 1.0, 60.0  # seconds: backoff after a lost database or a failing provider
+LANES: tuple[queue.Lane, ...] = ("live", "bulk")  # claimed in turn: edits first, a backfill never starved
 
 
 @dataclass(frozen=True)
@@ -147,14 +149,15 @@ class Worker:
         return any(queue.ready(conn, source) for source in self.sources)
 
     def drain(self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor) -> int:
-        """Process batches, one per source in turn, until none is ready; returns keys settled."""
+        """Process batches, each source's live edits then its bulk work in turn, until none is ready; returns keys
+        settled. An edit waits for at most the bulk batch in hand, then goes in a batch of its own."""
         settled = 0
         pending: Future[int] | None = None
         try:
             while not self.stopping:
                 claimed = 0
-                for source in self.sources:
-                    batch = self._claim(claim_conn, source)
+                for source, lane in itertools.product(self.sources, LANES):
+                    batch = self._claim(claim_conn, source, lane)
                     if batch is None:
                         continue
                     claimed += len(batch)
@@ -170,14 +173,15 @@ class Worker:
         self._ensure_indexes(claim_conn)
         return settled
 
-    def _claim(self, conn: psycopg.Connection, source: Source) -> queue.Batch | None:
+    def _claim(self, conn: psycopg.Connection, source: Source, lane: queue.Lane) -> queue.Batch | None:
         if self.stopping:
             return None
         self.health.working()
         o = self.options
         token = uuid.uuid4()
         self.leases.expect(source, token)  # known before the claim: a claim whose answer is lost is given back
-        batch = queue.claim(conn, source, self.provider.model_id, o.batch_size, o.batch_bytes, o.lease_seconds, token)
+        model = self.provider.model_id
+        batch = queue.claim(conn, source, model, o.batch_size, o.batch_bytes, o.lease_seconds, token, lane=lane)
         if not len(batch):
             self.leases.done(token)
             return None
@@ -217,6 +221,7 @@ class Worker:
         errors: dict[int, str],
     ) -> int:
         o = self.options
+        self.leases.settling(batch.token)
         outcome = queue.settle(conn, batch, self.provider.model_id, vectors, errors, o.failures, o.lock_timeout)
         self.leases.done(batch.token)
         if outcome.unreached:

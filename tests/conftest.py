@@ -5,6 +5,7 @@ One server per session; each test gets a fresh database cloned from a migrated t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,21 @@ from syncer.providers import Provider, load_provider
 from syncer.settings import Settings
 
 PGVECTOR_IMAGE = "pgvector/pgvector:pg17"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs the CLI routes logging to the stderr pytest captured for it, closed afterwards:
+    later tests' threads would log into a closed file."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before and type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _docker_answers() -> bool:

@@ -48,7 +48,7 @@ def test_rows_hidden_by_row_level_security_are_never_taken_for_deleted(
         [source] = schema.resolve_all(Database(db_url), settings)
         worker_db = Database(url)
         with worker_db.connect() as worker_conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-            queue.claim(worker_conn, source, provider.model_id, 10, 10**6, 60)
+            queue.claim(worker_conn, source, provider.model_id, 10, 10**6, 60, lane="bulk")
         with worker_db.connect() as worker_conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             queue.enqueue(worker_conn, source, "stale")  # `syncer backfill`
     assert sorted(stored(conn)) == [1, 2, 3, 4]

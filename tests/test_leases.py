@@ -70,6 +70,29 @@ def test_a_slow_provider_with_a_short_lease_converges_and_pays_once(conn: psycop
     assert sorted(provider.embedded) == sorted(f"document number {i}" for i in range(1, 21))  # each row once
 
 
+def test_a_renewal_in_flight_never_makes_a_settle_skip_its_own_keys(
+    conn: psycopg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's renewal holds the batch's rows for a moment; a settle then must wait, not skip them as
+    held by another (which gave them back to be embedded and paid for again)."""
+    real_renew = queue.renew
+
+    def slow_renew(conn: psycopg.Connection, batch: queue.Batch, lease_seconds: float) -> int:
+        with conn.transaction():  # the rows stay locked while the renewal "takes its time"
+            renewed = real_renew(conn, batch, lease_seconds)
+            time.sleep(0.3)
+        return renewed
+
+    monkeypatch.setattr(queue, "renew", slow_renew)
+    fill(conn, 40)
+    settings = make_settings(db_url, DOCS, batch_size=5, lease_seconds=1.5, poll_interval=0.2)
+    provider = HashEmbedder()
+    provider.delay = 0.2
+    with workers(settings, provider):
+        wait_for(lambda: all_embedded(conn, 40), timeout=30)
+    assert sorted(provider.embedded) == sorted(f"document number {i}" for i in range(1, 41))  # each row once
+
+
 def test_batches_in_hand_are_given_back_when_the_connections_die(conn: psycopg.Connection, db_url: str) -> None:
     """A killed connection (as in a database restart) costs seconds, not the 300 s lease."""
     fill(conn, 30)
@@ -97,9 +120,9 @@ def test_a_settle_that_finds_its_lease_taken_writes_nothing_and_says_so(
     db = Database.from_settings(settings)
     [(source, _)] = schema.apply(db, settings, provider)
     with db.connect() as zombie_conn, db.connect() as other_conn:
-        zombie = queue.claim(zombie_conn, source, provider.model_id, 10, 10**6, lease_seconds=0.2)
+        zombie = queue.claim(zombie_conn, source, provider.model_id, 10, 10**6, lease_seconds=0.2, lane="bulk")
         time.sleep(0.3)  # the zombie's lease runs out, unrenewed
-        other = queue.claim(other_conn, source, provider.model_id, 10, 10**6, lease_seconds=60)
+        other = queue.claim(other_conn, source, provider.model_id, 10, 10**6, lease_seconds=60, lane="bulk")
         assert len(other) == 4
         bogus = {c.seq: whole(c.text, -hash_vector(c.text)) for c in zombie.embed}
         with caplog.at_level(logging.WARNING):
@@ -120,7 +143,7 @@ def test_the_deferred_index_waits_for_rows_in_hand(conn: psycopg.Connection, db_
     [(source, _)] = schema.apply(db, settings, provider)
     index = "SELECT to_regclass('public.syncer_docs_hnsw')"
     with db.connect() as other_conn:
-        other = queue.claim(other_conn, source, provider.model_id, 100, 10**7, lease_seconds=60)
+        other = queue.claim(other_conn, source, provider.model_id, 100, 10**7, lease_seconds=60, lane="bulk")
         sync_once(settings, provider)  # finds nothing to claim: another worker is still loading the store
         assert conn.execute(index).fetchone() == (None,)
         vectors = {c.seq: whole(c.text, hash_vector(c.text)) for c in other.embed}
@@ -141,7 +164,7 @@ def test_a_claim_is_bounded_by_bytes_of_text(conn: psycopg.Connection, db_url: s
     assert [len(call) for call in provider.calls if any(len(t) == 3_000_000 for t in call)] == [1]
 
 
-def test_live_edits_come_before_a_backfill_which_is_never_starved(conn: psycopg.Connection, db_url: str) -> None:
+def test_claims_take_one_lane_live_edits_oldest_first(conn: psycopg.Connection, db_url: str) -> None:
     fill(conn, 1000)
     settings = make_settings(db_url, DOCS)
     provider = HashEmbedder()
@@ -150,14 +173,54 @@ def test_live_edits_come_before_a_backfill_which_is_never_starved(conn: psycopg.
     assert queued == 1000
     conn.execute("UPDATE docs SET body = 'edited ' || id WHERE id > 980")  # 20 live edits, queued last
     with db.connect() as c:
-        first = queue.claim(c, source, provider.model_id, 10, 10**6, 60)
-        second = queue.claim(c, source, provider.model_id, 10, 10**6, 60)
-        third = queue.claim(c, source, provider.model_id, 10, 10**6, 60)
-    keys = [sorted(int(ch.key) for ch in batch.embed) for batch in (first, second, third)]
-    assert [k for k in keys[0] if k > 980] == list(range(981, 991))  # the live lane first, oldest first
-    assert [k for k in keys[1] if k > 980] == list(range(991, 1001))
-    assert all(len([k for k in batch if k <= 980]) >= 1 for batch in keys)  # the backfill keeps moving
-    assert keys[2] and all(k <= 980 for k in keys[2])
+        live = [queue.claim(c, source, provider.model_id, 10, 10**6, 60, lane="live") for _ in range(3)]
+        bulk = queue.claim(c, source, provider.model_id, 10, 10**6, 60, lane="bulk")
+    keys = [sorted(int(ch.key) for ch in batch.embed) for batch in live]
+    assert keys == [list(range(981, 991)), list(range(991, 1001)), []]
+    assert len(bulk) == 10 and all(int(ch.key) <= 980 for ch in bulk.embed)
+
+
+def test_an_edit_during_a_backfill_waits_for_one_bulk_batch_and_goes_alone(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    fill(conn, 1000)
+    settings = make_settings(db_url, DOCS, batch_size=100, poll_interval=0.2)
+    provider = HashEmbedder()
+    provider.delay = 0.5  # 5 s of backfill
+    with workers(settings, provider):
+        wait_for(lambda: len(provider.calls) >= 1, timeout=10)
+        conn.execute("UPDATE docs SET body = 'edited' WHERE id = 1000")  # its backfill comes last
+        wait_for(lambda: stored(conn).get(1000, (None, None))[1] == sha256("edited"), timeout=10)
+        assert len(stored(conn)) < 1000  # well ahead of the backfill
+        wait_for(lambda: all_embedded(conn, 1000), timeout=30)
+    assert ["edited"] in provider.calls  # a batch of its own
+    assert sum(len(call) for call in provider.calls) == 1000  # the backfill never embedded its old text
+
+
+def test_a_backfill_keeps_moving_under_a_stream_of_edits(conn: psycopg.Connection, db_url: str) -> None:
+    fill(conn, 300)
+    settings = make_settings(db_url, DOCS, batch_size=50, poll_interval=0.2)
+    provider = HashEmbedder()
+    provider.delay = 0.2
+    stop = threading.Event()
+
+    def edit() -> None:
+        with psycopg.connect(db_url, autocommit=True) as writer:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                writer.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {n}", n % 10 + 1])
+                time.sleep(0.02)
+
+    editor = threading.Thread(target=edit)
+    with workers(settings, provider):
+        editor.start()
+        try:
+            wait_for(lambda: len(stored(conn)) == 300, timeout=30)  # the bulk lane gets its turn
+        finally:
+            stop.set()
+            editor.join()
+        wait_for(lambda: all_embedded(conn, 300), timeout=30)
 
 
 def test_a_backfill_is_queued_shortest_texts_first(conn: psycopg.Connection, db_url: str) -> None:

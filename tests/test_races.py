@@ -52,7 +52,9 @@ def test_worker_that_lost_its_lease_writes_nothing(conn: psycopg.Connection, doc
     [(source, _)] = schema.apply(db, settings, provider)
 
     with db.connect() as zombie_conn:
-        zombie = queue.claim(zombie_conn, source, provider.model_id, limit=10, max_bytes=10**6, lease_seconds=0.2)
+        zombie = queue.claim(
+            zombie_conn, source, provider.model_id, limit=10, max_bytes=10**6, lease_seconds=0.2, lane="bulk"
+        )
         assert len(zombie) == 4
         time.sleep(0.3)  # the lease expires while the zombie "embeds"
         sync_once(settings, provider)  # another worker takes the keys over

@@ -162,7 +162,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back_by_its_token(
     token = uuid.uuid4()
     leases.expect(source, token)
     with db.connect() as worker_conn:
-        queue.claim(worker_conn, source, provider.model_id, 10, 10**6, 60, token)  # its answer "lost"
+        queue.claim(worker_conn, source, provider.model_id, 10, 10**6, 60, token, lane="bulk")  # its answer "lost"
     assert conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE lease_token IS NOT NULL").fetchone() == (4,)
     assert leases.give_back() == 4
     assert conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE lease_token IS NOT NULL").fetchone() == (0,)
