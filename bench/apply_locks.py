@@ -32,7 +32,7 @@ from syncer.database import Database  # noqa: E402
 from syncer.report import format_table  # noqa: E402
 from syncer.settings import Settings, SourceConfig  # noqa: E402
 
-from backfill import fresh_database, postgres  # noqa: E402
+from common import fresh_database, postgres  # noqa: E402
 
 SETTLE_SECONDS = 2.0  # writers alone before the apply starts: the baseline
 

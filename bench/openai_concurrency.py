@@ -26,7 +26,7 @@ from syncer.report import format_table
 from syncer.settings import Settings, SourceConfig
 from syncer.worker import Worker, WorkerOptions
 
-from backfill import bodies, fresh_database, load_table, postgres, spread
+from common import bodies, fresh_database, load_table, postgres, spread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from openai_server import FakeOpenAI  # noqa: E402 - the tests' server, found through the path above
