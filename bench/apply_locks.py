@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,21 +32,9 @@ from syncer.report import format_table  # noqa: E402
 from syncer.settings import Settings, SourceConfig  # noqa: E402
 
 from common import fresh_database, postgres  # noqa: E402
+from workload import NoModel  # noqa: E402
 
 SETTLE_SECONDS = 2.0  # writers alone before the apply starts: the baseline
-
-
-class NoModel:
-    """apply embeds nothing: a provider that only names a model."""
-
-    model_id = "bench/none"
-    dimensions = 8
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
-
-    def embed_query(self, text: str) -> np.ndarray:
-        raise NotImplementedError
 
 
 def fill(url: str, rows: int) -> None:

