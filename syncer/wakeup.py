@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "syncer"
 SLICE = 0.25  # seconds: how often a sleeping worker checks the poll and stop flags
-BUSY = 1.0  # seconds before trying again to arm while another worker is armed
+BUSY = 5.0  # seconds before trying again to arm while another worker is armed (in case it went away)
 RETRY_MIN, RETRY_MAX = 0.001, 0.1  # seconds: backoff while writers are in flight
 
 
