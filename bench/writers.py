@@ -10,7 +10,9 @@ that rotates from run to run:
 * a: no syncer: the same statements on ``public.docs_plain``, a copy of the table with no triggers;
 * b: syncer (``public.docs`` applied, title + body embedded) with two `syncer run` processes
   (default settings: NOTIFY on, poll every 5 s);
-* c: the same with ``SYNCER_NOTIFY=false`` (the workers poll only; writers then never NOTIFY).
+* c: the same with ``SYNCER_NOTIFY=false`` (the workers poll only; writers then never NOTIFY);
+* d: syncer's triggers with no worker running (what capture alone costs the writers); the log is
+  embedded afterwards by `syncer run --once`, unmeasured.
 
 The workers embed with ``tests.providers:HashEmbedder`` (a vector from each text's hash: no model).
 Latency per transaction comes from pgbench's log; NOTIFYs are counted by a separate connection
@@ -71,6 +73,7 @@ SCENARIOS = {  # name: (table written, workers' settings; None: no worker)
     "a no syncer": ("docs_plain", None),
     "b syncer, NOTIFY on": ("docs", {"SYNCER_NOTIFY": "true"}),
     "c syncer, poll only": ("docs", {"SYNCER_NOTIFY": "false"}),
+    "d triggers, no worker": ("docs", None),  # what capture alone costs; the log is embedded afterwards
 }
 BASELINE = "a no syncer"
 WORKERS = 2
@@ -247,6 +250,11 @@ def scenario(
         finally:
             listener.close()
             codes = stop_workers(workers)
+        if table == "docs" and not workers:  # catch up unmeasured, so that the next scenario starts even
+            workers = [WorkerProcess(f"bench-r{run}{name[0]}-catch-up", url, SOURCES, {}, logs, ["--once"])]
+            workers[0].start()
+            assert workers[0].process is not None
+            codes = [workers[0].process.wait(DRAIN_TIMEOUT * 5)]
         for worker, code in zip(workers, codes, strict=True):
             problems[worker.name] = worker.problems() + ([f"exit code {code}"] if code else [])
         if workers and stale_rows(conn, source):
