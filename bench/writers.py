@@ -107,7 +107,7 @@ class Phase:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="runs (default 3)")
-    p.add_argument("--seconds", type=float, default=10, help="seconds per writer count (default 10)")
+    p.add_argument("--seconds", type=int, default=10, help="seconds per writer count (default 10)")
     p.add_argument("--writers", default="1,20,50", help="writer counts (default 1,20,50)")
     p.add_argument("--quick", action="store_true", help="a short smoke run: 1 run, 2 s per writer count")
     args = p.parse_args(argv)

@@ -27,7 +27,10 @@ from .tables import MODEL_CONSTRAINT
 
 log = logging.getLogger(__name__)
 
-Lane = Literal["live", "bulk"]  # changes the triggers captured; a backfill, reconcile or adoption
+# Which ready keys a claim takes: changes the triggers captured (live), a backfill, reconcile or adoption (bulk),
+# or live ones first with bulk ones filling the rest (both; bulk work gets at least 1/BULK_SHARE of the claim).
+Lane = Literal["live", "bulk", "both"]
+BULK_SHARE = 10
 SETTLE_ROWS = 64  # keys per settle transaction: what an application writer may wait for, at most
 EXPAND_ROWS = 1_000  # logged statements moved into the queue per claim
 BATCH_ROWS = 10_000  # rows per keyset batch of a backfill or reconcile: short transactions for the writers
@@ -166,8 +169,10 @@ def claim(
     """Lease up to ``limit`` ready keys of ``lane`` (and ``max_bytes`` of text, at least one key) in one short
     transaction, the source's logged changes moved into the queue first (one commit, not two, before the claim)."""
     token = token or uuid.uuid4()
-    live, bulk = (limit, 0) if lane == "live" else (0, limit)
-    params = {"live": live, "bulk": bulk, "bytes": max_bytes, "token": token, "lease": lease_seconds}
+    share = max(1, limit // BULK_SHARE) if lane == "both" else 0
+    live = 0 if lane == "bulk" else limit - share
+    bulk = 0 if lane == "live" else limit
+    params = {"live": live, "bulk": bulk, "share": share, "bytes": max_bytes, "token": token, "lease": lease_seconds}
     with transaction(conn):
         if not source.shadow:  # a re-embed's queue is filled by the re-embed, not by the triggers
             conn.execute(query("queue", "expand", **fragments.parts(source)), {"limit": EXPAND_ROWS})

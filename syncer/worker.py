@@ -8,9 +8,9 @@ whatever the failure, from one place (``run``).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -23,6 +23,7 @@ from . import chunking, embedding, metrics, queue, report, tables
 from .database import Database, transaction
 from .errors import ProviderError
 from .health import Health
+from .lanes import Lanes
 from .leases import Leases
 from .progress import Progress
 from .providers import Provider
@@ -33,7 +34,6 @@ from .wakeup import Wakeup, backoff
 log = logging.getLogger(__name__)
 
 RECONNECT_BASE, RECONNECT_CAP = 1.0, 60.0  # seconds: backoff after a lost database or a failing provider
-LANES: tuple[queue.Lane, ...] = ("live", "bulk")  # claimed in turn: edits first, a backfill never starved
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Worker:
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
         self._indexed: set[str] = set()
+        self.lanes = Lanes()
         self._failures = 0  # connection or provider failures in a row
         self.embedded = 0  # vectors written by this worker
 
@@ -149,22 +150,25 @@ class Worker:
         return any(queue.ready(conn, source) for source in self.sources)
 
     def drain(self, claim_conn: psycopg.Connection, write_conn: psycopg.Connection, writer: ThreadPoolExecutor) -> int:
-        """Process batches, each source's live edits then its bulk work in turn, until none is ready; returns keys
-        settled. An edit waits for at most the bulk batch in hand, then goes in a batch of its own."""
+        """Process batches, each source's live edits then its bulk work in turn (``Lanes``), until none is ready;
+        returns keys settled. An edit waits for at most the bulk batch in hand."""
         settled = 0
         pending: Future[int] | None = None
         try:
             while not self.stopping:
                 claimed = 0
-                for source, lane in itertools.product(self.sources, LANES):
-                    batch = self._claim(claim_conn, source, lane)
-                    if batch is None:
-                        continue
-                    claimed += len(batch)
-                    vectors, errors = self._embed(batch)
-                    if pending is not None:
-                        settled, pending = settled + pending.result(), None
-                    pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
+                for source in self.sources:
+                    for lane in self.lanes.order():
+                        batch = self._claim(claim_conn, source, lane)
+                        if batch is None:
+                            continue
+                        claimed += len(batch)
+                        started = time.monotonic()
+                        vectors, errors = self._embed(batch)
+                        self.lanes.observe(lane, time.monotonic() - started)
+                        if pending is not None:
+                            settled, pending = settled + pending.result(), None
+                        pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
         finally:

@@ -13,6 +13,7 @@ import pytest
 
 from syncer import queue, schema
 from syncer.database import Database
+from syncer.lanes import RECHECK, Lanes
 from syncer.settings import Settings
 from syncer.worker import Worker, WorkerOptions
 
@@ -164,7 +165,7 @@ def test_a_claim_is_bounded_by_bytes_of_text(conn: psycopg.Connection, db_url: s
     assert [len(call) for call in provider.calls if any(len(t) == 3_000_000 for t in call)] == [1]
 
 
-def test_claims_take_one_lane_live_edits_oldest_first(conn: psycopg.Connection, db_url: str) -> None:
+def test_claims_take_lanes_live_edits_oldest_first(conn: psycopg.Connection, db_url: str) -> None:
     fill(conn, 1000)
     settings = make_settings(db_url, DOCS)
     provider = HashEmbedder()
@@ -172,12 +173,62 @@ def test_claims_take_one_lane_live_edits_oldest_first(conn: psycopg.Connection, 
     [(source, queued)] = schema.apply(db, settings, provider)
     assert queued == 1000
     conn.execute("UPDATE docs SET body = 'edited ' || id WHERE id > 980")  # 20 live edits, queued last
+
+    def claim(c: psycopg.Connection, lane: queue.Lane) -> list[int]:
+        return sorted(int(ch.key) for ch in queue.claim(c, source, provider.model_id, 10, 10**6, 60, lane=lane).embed)
+
     with db.connect() as c:
-        live = [queue.claim(c, source, provider.model_id, 10, 10**6, 60, lane="live") for _ in range(3)]
-        bulk = queue.claim(c, source, provider.model_id, 10, 10**6, 60, lane="bulk")
-    keys = [sorted(int(ch.key) for ch in batch.embed) for batch in live]
-    assert keys == [list(range(981, 991)), list(range(991, 1001)), []]
-    assert len(bulk) == 10 and all(int(ch.key) <= 980 for ch in bulk.embed)
+        assert claim(c, "live") == list(range(981, 991))
+        bulk = claim(c, "bulk")
+        both = claim(c, "both")  # the live ones first, and a share for the backfill: never starved
+        assert claim(c, "live") == [1000]
+    assert len(bulk) == 10 and all(k <= 980 for k in bulk)
+    assert [k for k in both if k > 980] == list(range(991, 1000)) and len(both) == 10
+
+
+def test_edits_go_alone_while_that_is_cheap_and_ride_with_the_backfill_when_not() -> None:
+    lanes = Lanes()
+    assert lanes.order() == ("live", "bulk")  # nothing timed yet
+    lanes.observe("live", 0.01)
+    lanes.observe("bulk", 1.0)
+    assert lanes.order() == ("live", "bulk")  # a local model: a few texts take milliseconds
+    lanes = Lanes()
+    lanes.observe("live", 1.2)
+    lanes.observe("bulk", 1.3)
+    assert lanes.order() == ("both",)  # a remote API: one text takes a request, as hundreds do
+    lanes.timed -= RECHECK
+    assert lanes.order() == ("live", "bulk")  # timed again now and then
+
+
+def test_edits_ride_with_the_backfill_when_a_call_costs_the_same_for_one_text(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    fill(conn, 1000)
+    settings = make_settings(db_url, DOCS, batch_size=100, poll_interval=0.2)
+    provider = HashEmbedder()
+    provider.delay = 0.3  # per call, whatever it holds: a remote API's latency
+    stop = threading.Event()
+
+    def edit() -> None:
+        with psycopg.connect(db_url, autocommit=True) as writer:
+            n = 0
+            while not stop.wait(0.1):
+                n += 1
+                writer.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {n}", n % 10 + 1])
+
+    editor = threading.Thread(target=edit)
+    with workers(settings, provider):
+        editor.start()
+        try:
+            wait_for(lambda: len(stored(conn)) == 1000, timeout=30)
+        finally:
+            stop.set()
+            editor.join()
+        wait_for(lambda: all_embedded(conn, 1000), timeout=30)
+    calls = provider.calls
+    backfilled = max(i for i, call in enumerate(calls) if any(t.startswith("document") for t in call))
+    alone = [call for call in calls[:backfilled] if all(t.startswith("edit ") for t in call)]
+    assert len(alone) == 1, alone  # timed once, then the edits rode with the backfill's batches
 
 
 def test_an_edit_during_a_backfill_waits_for_one_bulk_batch_and_goes_alone(

@@ -60,11 +60,10 @@ SELECT EXISTS (SELECT FROM {log})
                WHERE dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now()))
 
 -- name: claim
--- Lease ready keys of one lane, up to %(live)s live or %(bulk)s bulk rows and %(bytes)s bytes of text (at least
--- one row), and read each one's current text and what is stored for it. Live: changes the triggers captured,
--- oldest first. Bulk: a backfill, reconcile or adoption, in its own order (shortest texts first within each
--- keyset batch of the backfill). The worker claims the lanes in turn, so an edit waits for at most one bulk
--- batch and rides in a batch of its own, and a backfill is never starved by live edits.
+-- Lease ready keys, up to %(live)s live rows and then bulk rows up to %(bulk)s rows in all (at least %(share)s
+-- bulk rows when there are any), and %(bytes)s bytes of text (at least one row); read each one's current text
+-- and what is stored for it. Live: changes the triggers captured, oldest first. Bulk: a backfill, reconcile or
+-- adoption, in its own order (shortest texts first within each keyset batch of the backfill).
 WITH live AS (
     SELECT seq, refresh, bulk, {keys} FROM {queue}
     WHERE NOT bulk AND dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
@@ -75,7 +74,7 @@ WITH live AS (
     SELECT seq, refresh, bulk, {keys} FROM {queue}
     WHERE bulk AND dead_at IS NULL AND not_before <= now() AND (lease_until IS NULL OR lease_until < now())
     ORDER BY seq
-    LIMIT %(bulk)s
+    LIMIT greatest(%(bulk)s - (SELECT count(*) FROM live), %(share)s)
     FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT * FROM live UNION ALL SELECT * FROM backlog
@@ -84,7 +83,7 @@ WITH live AS (
            row_number() OVER w AS n, sum(coalesce(octet_length(d.text), 0)) OVER w AS running
     FROM picked p
     LEFT JOIN LATERAL (SELECT {text} AS text FROM {table} t WHERE {t_is_p}) d ON true
-    WINDOW w AS (ORDER BY p.seq)
+    WINDOW w AS (ORDER BY p.bulk, p.seq)
 ), kept AS (
     SELECT * FROM sized WHERE n = 1 OR running <= %(bytes)s
 ), claimed AS (
