@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     )
     encode_batch_size: int = Field(16, ge=1, description="texts per model forward pass")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of the queue")
+    linger_seconds: float = Field(
+        0.05, ge=0, description="a busy worker that found only a few changes waits this long for more (0: never)"
+    )
     lease_seconds: float = Field(
         60.0, gt=0, description="a claimed batch stays ours this long unless renewed (every third of it)"
     )

@@ -61,6 +61,22 @@ def test_notify_wakes_the_worker_long_before_the_poll(conn: psycopg.Connection, 
         wait_for(embedded(conn, 100, "fresh"), timeout=5)
 
 
+def test_a_trickle_of_edits_goes_in_a_few_batches(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    """A busy worker that found only a few changes lingers: edits every 5 ms are not claimed one by one."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, linger_seconds=0.1)
+    with running(settings) as worker:
+        wait_for(lambda: queue_depth(conn) == 0)
+        before = len(worker.provider.calls)  # type: ignore[attr-defined]
+        edits, deadline = 0, time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            edits += 1
+            conn.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {edits}", edits % 4 + 1])
+            time.sleep(0.005)
+        wait_for(embedded(conn, edits % 4 + 1, f"edit {edits}"))
+        batches = len(worker.provider.calls) - before  # type: ignore[attr-defined]
+    assert batches <= 15 < edits / 5, (batches, edits)  # about one a linger, not one an edit
+
+
 def test_poll_catches_a_change_whose_notification_was_missed(conn: psycopg.Connection, docs: str, db_url: str) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.5)
     with running(settings) as worker:
