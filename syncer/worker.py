@@ -176,7 +176,7 @@ class Worker:
                         claimed += len(batch)
                         started = time.monotonic()
                         vectors, errors = self._embed(batch)
-                        self.lanes.observe(lane, time.monotonic() - started)
+                        self.lanes.observe(lane, time.monotonic() - started, len(batch))
                         if pending is not None:
                             settled, pending = settled + pending.result(), None
                         pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
@@ -197,8 +197,8 @@ class Worker:
         o = self.options
         token = uuid.uuid4()
         self.leases.expect(source, token)  # known before the claim: a claim whose answer is lost is given back
-        model = self.provider.model_id
-        batch = queue.claim(conn, source, model, o.batch_size, o.batch_bytes, o.lease_seconds, token, lane=lane)
+        model, limit = self.provider.model_id, self.lanes.limit(lane, o.batch_size)
+        batch = queue.claim(conn, source, model, limit, o.batch_bytes, o.lease_seconds, token, lane=lane)
         if not len(batch):
             self.leases.done(token)
             return None

@@ -189,12 +189,16 @@ def test_claims_take_lanes_live_edits_oldest_first(conn: psycopg.Connection, db_
 def test_edits_go_alone_while_that_is_cheap_and_ride_with_the_backfill_when_not() -> None:
     lanes = Lanes()
     assert lanes.order() == ("live", "bulk")  # nothing timed yet
-    lanes.observe("live", 0.01)
-    lanes.observe("bulk", 1.0)
+    lanes.observe("bulk", 1.0, 500)
+    assert lanes.limit("bulk", 512) == 512  # no edit yet: whole batches
+    lanes.observe("live", 0.01, 1)
     assert lanes.order() == ("live", "bulk")  # a local model: a few texts take milliseconds
+    assert lanes.limit("bulk", 512) == 250 and lanes.limit("live", 512) == 512  # cut to about 0.5 s
+    lanes.timed -= RECHECK
+    assert lanes.order() == ("live", "bulk") and lanes.limit("bulk", 512) == 512  # edits stopped: whole again
     lanes = Lanes()
-    lanes.observe("live", 1.2)
-    lanes.observe("bulk", 1.3)
+    lanes.observe("live", 1.2, 1)
+    lanes.observe("bulk", 1.3, 512)
     assert lanes.order() == ("both",)  # a remote API: one text takes a request, as hundreds do
     lanes.timed -= RECHECK
     assert lanes.order() == ("live", "bulk")  # timed again now and then
