@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "syncer"
 SLICE = 0.25  # seconds: how often a sleeping worker checks the poll and stop flags
-BUSY = 5.0  # seconds before trying again to arm while another worker is armed (in case it went away)
 RETRY_MIN, RETRY_MAX = 0.001, 0.1  # seconds: backoff while writers are in flight
 
 
@@ -89,17 +89,23 @@ class Wakeup:
             self._one(conn, "unprobe")
             self._wait(conn, self._retry)
             self._retry = min(self._retry * 2, RETRY_MAX)
-        else:  # another worker is armed: its writers' NOTIFYs reach us too
-            self._wait(conn, min(self.poll_interval, BUSY))
+        else:  # another worker is armed: its writers' NOTIFYs reach us too (and the poll, if it went away)
+            self._wait(conn, None)
 
     def _one(self, conn: psycopg.Connection, block: str) -> bool:
         row = conn.execute(query("wakeup", block, wake_lock=sql.Literal(WAKE_LOCK))).fetchone()
         return bool(row and row[0])
 
     def _wait(self, conn: psycopg.Connection, timeout: float | None) -> None:
-        """Until a NOTIFY, the poll or stop (``event``), or ``timeout`` seconds."""
+        """Until a NOTIFY, the poll or stop (``event``), or ``timeout`` seconds. The thread sleeps in select() on
+        the connection's socket, slice by slice (psycopg's own wait would wake ten times a second)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if any(True for _ in conn.notifies(timeout=0, stop_after=1)):  # one that came in with an earlier answer
+            return
         while not self.event.is_set():
             left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-            if left <= 0 or list(conn.notifies(timeout=left, stop_after=1)):
+            if left <= 0:
+                return
+            readable = select.select([conn.fileno()], [], [], left)[0]
+            if readable and any(True for _ in conn.notifies(timeout=0, stop_after=1)):
                 return

@@ -99,6 +99,26 @@ def test_many_chunks_of_one_row_still_give_match_count_rows(conn: psycopg.Connec
     assert "syncer_docs_hnsw" in plan, plan
 
 
+def test_chunked_searches_read_only_the_source_rows_they_rank(conn: psycopg.Connection, db_url: str) -> None:
+    """The nearest chunks' rows are read by key: joined, the planner may read the whole source table."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 20000) i")
+    provider = WordEmbedder()
+    schema.apply(Database(db_url), make_settings(db_url, CHUNKED), provider)  # the HNSW index deferred: fast loading
+    conn.execute(
+        "INSERT INTO docs_embeddings (id, chunk, embedding, content_hash, model, fts) "
+        "SELECT i, c, array_fill(i %% 7 + c, ARRAY[%s])::real[]::vector, '\\x00', %s, to_tsvector('simple', 'row') "
+        "FROM generate_series(1, 20000) i, generate_series(0, 2) c",
+        [provider.dimensions, provider.model_id],
+    )
+    conn.execute("ANALYZE docs")
+    conn.execute("ANALYZE docs_embeddings")
+    query = hash_vector("row 7")
+    for call in ("syncer.search_docs(%(q)s, 10)", "syncer.hybrid_search_docs('row', %(q)s, 10)"):
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN SELECT * FROM {call}", {"q": query}))
+        assert "Seq Scan on docs t" not in plan and "Index Scan using docs_pkey on docs t" in plan, plan
+
+
 def test_status_counts_rows_and_reports_chunks(conn: psycopg.Connection, db_url: str) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, %s), (2, 'short')", [" ".join(f"w{i}." for i in range(40))])

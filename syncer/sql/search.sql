@@ -26,7 +26,9 @@ COMMENT ON FUNCTION {search_fn}({vector}, integer, jsonb) IS
 -- best chunk, with that chunk. The HNSW index finds the nearest chunks, then each row keeps its best. To be
 -- sure of match_count rows it needs the (match_count - 1) * n + 1 nearest chunks, n the most chunks a row has
 -- (chunks_per_row, by default read from the store's chunk index): with hnsw.iterative_scan on, the index
--- keeps scanning for that many (without it, it stops at hnsw.ef_search).
+-- keeps scanning for that many (without it, it stops at hnsw.ef_search). Each row kept is then read by its key
+-- (OFFSET 0 keeps that subquery apart: joined, the planner cannot tell how few rows the LIMIT leaves and may
+-- read the whole source table).
 CREATE OR REPLACE FUNCTION {search_fn}(
     query_embedding {vector}, match_count integer DEFAULT 10, filter jsonb DEFAULT NULL,
     chunks_per_row integer DEFAULT NULL
@@ -45,7 +47,7 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT {t_columns}, 1::double precision OPERATOR(pg_catalog.-) e.distance,
            e.chunk, e.chunk_start, e.chunk_end, e.chunk_text
-    FROM best e JOIN {table} t ON {t_is_e_qualified}
+    FROM best e CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {t_is_e_qualified} OFFSET 0) t
     WHERE filter IS NULL OR pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.@>) filter
     ORDER BY e.distance
     LIMIT match_count
@@ -58,7 +60,7 @@ COMMENT ON FUNCTION {search_fn}({vector}, integer, jsonb, integer) IS
 -- Hybrid search: reciprocal rank fusion of full-text search (the store's tsvectors, its GIN index) and vector
 -- search (the HNSW index), each row once, ranked by the sum of weight / (rrf_k + rank) over the two rankings
 -- it is in; each ranking looks at match_count * candidates rows (by their best chunk; see the search function
--- for chunks_per_row).
+-- for chunks_per_row). The rows are read by key, as in the search function.
 CREATE OR REPLACE FUNCTION {hybrid_fn}(
     query_text text, query_embedding {vector}, match_count integer DEFAULT 10, filter jsonb DEFAULT NULL,
     full_text_weight double precision DEFAULT 1, semantic_weight double precision DEFAULT 1,
@@ -100,7 +102,7 @@ LANGUAGE sql STABLE AS $$
         FROM semantic s FULL JOIN full_text f ON {s_is_f_qualified}
     )
     SELECT {t_columns}, e.rrf_score, e.similarity, e.text_rank, e.chunk, e.chunk_start, e.chunk_end, e.chunk_text
-    FROM fused e JOIN {table} t ON {t_is_e_qualified}
+    FROM fused e CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {t_is_e_qualified} OFFSET 0) t
     WHERE filter IS NULL OR pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.@>) filter
     ORDER BY e.rrf_score DESC
     LIMIT match_count
