@@ -45,6 +45,7 @@ from workload import (  # noqa: E402
     pgbench,
     pgbench_latency,
     results_dir,
+    say,
 )
 
 ROWS = 5_000
@@ -207,11 +208,6 @@ def summary(runs: list[dict[str, dict[str, float]]]) -> str:
         )
     headers = ["statement", "plain (median)", "syncer (median)", "syncer/plain median (min–max)", "target", "met"]
     return format_table(headers, rows, width=80)
-
-
-def say(line: str) -> None:
-    """Progress, on standard error."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

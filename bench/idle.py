@@ -53,6 +53,7 @@ from workload import (  # noqa: E402
     machine,
     percentile,
     results_dir,
+    say,
     stale_rows,
     start_workers,
     stop_workers,
@@ -253,11 +254,6 @@ def verdict(results: list[Result], args: argparse.Namespace) -> str:
             f"(target < {TARGET_CPU:g} %: {'met' if cpu < TARGET_CPU else 'NOT met'})"
         )
     return "\n".join(lines)
-
-
-def say(line: str) -> None:
-    """Progress, on standard error."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ from workload import (  # noqa: E402
     percentile,
     pgbench,
     results_dir,
+    say,
     stale_rows,
     start_workers,
     stop_workers,
@@ -321,11 +322,6 @@ def verdict(phases: list[Phase]) -> str:
                 f"median {median:.2f}x -> {met}"
             )
     return "\n".join(lines)
-
-
-def say(line: str) -> None:
-    """Progress, on standard error."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

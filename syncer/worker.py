@@ -162,7 +162,7 @@ class Worker:
         """Process batches, each source's live edits then its bulk work in turn (``Lanes``), until none is ready;
         returns keys settled. An edit waits for at most the bulk batch in hand. After a pass that found only a
         few keys, wait ``linger`` seconds: a steady trickle of edits then goes in a few larger batches, not in a
-        claim and a settle per edit (which cost the application's writers CPU on a small machine)."""
+        claim and a settle per edit."""
         settled = 0
         pending: Future[int] | None = None
         try:

@@ -60,6 +60,27 @@ def workers(settings: Settings, provider: HashEmbedder, count: int = 1) -> Itera
             assert not thread.is_alive()
 
 
+@contextmanager
+def editing(db_url: str, every: float) -> Iterator[None]:
+    """Rows 1 to 10 edited in turn every ``every`` seconds, on a connection of their own, while the block runs."""
+    stop = threading.Event()
+
+    def edit() -> None:
+        with psycopg.connect(db_url, autocommit=True) as writer:
+            n = 0
+            while not stop.wait(every):
+                n += 1
+                writer.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {n}", n % 10 + 1])
+
+    editor = threading.Thread(target=edit)
+    editor.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        editor.join()
+
+
 def test_a_slow_provider_with_a_short_lease_converges_and_pays_once(conn: psycopg.Connection, db_url: str) -> None:
     """4.5 s per batch against a 3 s lease: renewed in hand, never taken over by the second worker."""
     fill(conn, 20)
@@ -211,23 +232,9 @@ def test_edits_ride_with_the_backfill_when_a_call_costs_the_same_for_one_text(
     settings = make_settings(db_url, DOCS, batch_size=100, poll_interval=0.2)
     provider = HashEmbedder()
     provider.delay = 0.3  # per call, whatever it holds: a remote API's latency
-    stop = threading.Event()
-
-    def edit() -> None:
-        with psycopg.connect(db_url, autocommit=True) as writer:
-            n = 0
-            while not stop.wait(0.1):
-                n += 1
-                writer.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {n}", n % 10 + 1])
-
-    editor = threading.Thread(target=edit)
     with workers(settings, provider):
-        editor.start()
-        try:
+        with editing(db_url, every=0.1):
             wait_for(lambda: len(stored(conn)) == 1000, timeout=30)
-        finally:
-            stop.set()
-            editor.join()
         wait_for(lambda: all_embedded(conn, 1000), timeout=30)
     calls = provider.calls
     backfilled = max(i for i, call in enumerate(calls) if any(t.startswith("document") for t in call))
@@ -257,24 +264,9 @@ def test_a_backfill_keeps_moving_under_a_stream_of_edits(conn: psycopg.Connectio
     settings = make_settings(db_url, DOCS, batch_size=50, poll_interval=0.2)
     provider = HashEmbedder()
     provider.delay = 0.2
-    stop = threading.Event()
-
-    def edit() -> None:
-        with psycopg.connect(db_url, autocommit=True) as writer:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                writer.execute("UPDATE docs SET body = %s WHERE id = %s", [f"edit {n}", n % 10 + 1])
-                time.sleep(0.02)
-
-    editor = threading.Thread(target=edit)
     with workers(settings, provider):
-        editor.start()
-        try:
+        with editing(db_url, every=0.02):
             wait_for(lambda: len(stored(conn)) == 300, timeout=30)  # the bulk lane gets its turn
-        finally:
-            stop.set()
-            editor.join()
         wait_for(lambda: all_embedded(conn, 300), timeout=30)
 
 
