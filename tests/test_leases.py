@@ -245,7 +245,7 @@ def test_edits_ride_with_the_backfill_when_a_call_costs_the_same_for_one_text(
     calls = provider.calls
     last_bulk = max(i for i, call in enumerate(calls) if any(t.startswith("document") for t in call))
     alone = [call for call in calls[:last_bulk] if all(t.startswith("edit ") for t in call)]
-    assert len(alone) == 1, alone  # timed once, then the edits rode with the backfill's batches
+    assert len(alone) <= 2, alone  # timed (once more if no bulk batch was timed yet), then they rode along
 
 
 def test_an_edit_during_a_backfill_waits_for_one_bulk_batch_and_goes_alone(
