@@ -42,7 +42,6 @@ class Wakeup:
 
     def __init__(self, db: Database, poll_interval: float, notify: bool = True) -> None:
         self.db = db
-        self.poll_interval = poll_interval
         self.notify = notify and db.listen_url is not None
         self.event = threading.Event()
         self.listening = threading.Event()
