@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .providers import Fits, Provider
+from .providers import Bounds, Fits, Provider
 from .settings import ChunkSize, SourceConfig
 
 
@@ -26,9 +26,16 @@ class Chunk:
 class Chunker:
     """Splits a row's text for one source and provider (``"none"``: never)."""
 
-    def __init__(self, count: Callable[[str], int] | None, capacity: int | None, overlap: int = 0) -> None:
+    def __init__(
+        self,
+        count: Callable[[str], int] | None,
+        capacity: int | None,
+        overlap: int = 0,
+        bound: Callable[[str], int] | None = None,
+    ) -> None:
         self.count = count
         self.capacity = capacity
+        self.bound = bound  # a cheap upper bound of count: a text within it is never counted
         self._splitter = None
         if count is not None and capacity is not None:
             from semantic_text_splitter import TextSplitter
@@ -37,10 +44,13 @@ class Chunker:
 
     def split(self, text: str) -> list[Chunk]:
         """The text's chunks; one (the whole text, as it is) when it fits."""
-        if self._splitter is None or self.count is None or self.capacity is None or self.count(text) <= self.capacity:
-            return [Chunk(0, len(text), None)]
+        whole = [Chunk(0, len(text), None)]
+        if self._splitter is None or self.count is None or self.capacity is None:
+            return whole
+        if (self.bound is not None and self.bound(text) <= self.capacity) or self.count(text) <= self.capacity:
+            return whole
         chunks = [Chunk(start, start + len(piece), piece) for start, piece in self._splitter.chunk_indices(text)]
-        return chunks or [Chunk(0, len(text), None)]
+        return chunks or whole
 
 
 def chunker(config: SourceConfig, provider: Provider) -> Chunker:
@@ -60,6 +70,7 @@ def chunker(config: SourceConfig, provider: Provider) -> Chunker:
     def count(text: str) -> int:
         return fits.fit(text)[1]
 
+    bound = provider.token_bound if isinstance(provider, Bounds) else None
     if isinstance(chunking, ChunkSize):
-        return Chunker(count, min(chunking.max_tokens, fits.max_input_tokens), chunking.overlap)
-    return Chunker(count, fits.max_input_tokens)
+        return Chunker(count, min(chunking.max_tokens, fits.max_input_tokens), chunking.overlap, bound)
+    return Chunker(count, fits.max_input_tokens, bound=bound)

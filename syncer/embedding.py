@@ -20,7 +20,7 @@ import numpy as np
 
 from . import metrics
 from .errors import ProviderError, ProviderFatal, row_error
-from .providers import Fits, Provider
+from .providers import Bounds, Fits, Provider
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,12 @@ def _fit(
 ) -> list[str]:
     if not isinstance(provider, Fits):
         return texts
+    bound = provider.token_bound if isinstance(provider, Bounds) else None
     fitted, cut, sent = [], [], 0
     for position, text in enumerate(texts):
+        if bound is not None and bound(text) <= provider.max_input_tokens:
+            fitted.append(text)  # fits as it is: no tokenizer run
+            continue
         fitted_text, tokens = provider.fit(text)
         sent += min(tokens, provider.max_input_tokens)
         if tokens > provider.max_input_tokens:
@@ -70,7 +74,8 @@ def _fit(
             else:
                 cut.append(f"{labels[position]} {tokens} tokens")
         fitted.append(fitted_text)
-    metrics.TOKENS.labels(name).inc(sent)
+    if bound is None:  # a provider with a bound counts the tokens it sends itself
+        metrics.TOKENS.labels(name).inc(sent)
     if cut:  # one line per window, not one per row: long documents are common
         more = f" and {len(cut) - NAMED_ROWS} more" if len(cut) > NAMED_ROWS else ""
         log.warning(

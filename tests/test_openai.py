@@ -13,11 +13,11 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from syncer import schema
+from syncer import metrics, schema
 from syncer.database import Database
 from syncer.providers import ProviderFatal, load_provider
 from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider
-from syncer.settings import Settings, SourceConfig
+from syncer.settings import ChunkSize, Settings, SourceConfig
 from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, stored, sync_once, syncer_env, syncer_process
@@ -239,6 +239,48 @@ def test_over_long_input_is_chunked_by_default(
     ).fetchall()
     assert len(chunks) == 2 and chunks[0][1] == 0 and chunks[-1][2] == len("word " * 9000) - 1
     assert max(len(encoding().encode(t)) for t in sent(server)) <= 8191
+
+
+def test_texts_that_fit_by_their_bytes_never_run_the_tokenizer(
+    conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
+) -> None:
+    settings = openai_settings(db_url, server)
+    provider = load_provider(settings)
+    assert isinstance(provider, OpenAIProvider)
+    sync_once(settings, provider)
+    assert len(stored(conn)) == 40
+    assert provider._encoding is None  # every text is within 8,191 bytes: the tokenizer was never loaded
+
+    long = "word " * 2000  # 10,000 bytes, 2,000 tokens: counted, then sent whole
+    conn.execute("UPDATE docs SET body = %s WHERE id = 5", [long])
+    sync_once(settings, provider)
+    assert provider._encoding is not None
+    assert conn.execute("SELECT count(*) FROM docs_embeddings WHERE id = 5").fetchone()[0] == 1
+    assert long.strip() in [text.strip() for text in sent(server)]
+
+
+def test_chunks_by_tokens_are_counted_in_tokens_not_bytes(
+    conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
+) -> None:
+    conn.execute("UPDATE docs SET body = repeat('word ', 300) WHERE id = 3")  # 1,500 bytes, 300 tokens
+    conn.execute("UPDATE docs SET body = repeat('word ', 1000) WHERE id = 4")  # 1,000 tokens
+    settings = openai_settings(db_url, server).model_copy(
+        update={"sources": [SourceConfig(table="docs", columns=("body",), chunking=ChunkSize(max_tokens=512))]}
+    )
+    sync_once(settings, load_provider(settings))
+    chunks = dict(conn.execute("SELECT id, count(*) FROM docs_embeddings WHERE id IN (3, 4) GROUP BY id").fetchall())
+    assert chunks == {3: 1, 4: 2}
+    assert max(len(encoding().encode(t)) for t in sent(server)) <= 512
+
+
+def test_the_tokens_metric_counts_what_the_server_reports(
+    conn: psycopg.Connection, texts: list[str], db_url: str, server: FakeOpenAI
+) -> None:
+    settings = openai_settings(db_url, server)
+    before = metrics.TOKENS.labels("openai")._value.get()
+    sync_once(settings, load_provider(settings))
+    took = sum(r.tokens for r in server.requests if r.status == 200)
+    assert took > 0 and metrics.TOKENS.labels("openai")._value.get() - before == took
 
 
 def test_dimensions_are_learned_from_the_endpoint_and_the_key_checked_at_start(server: FakeOpenAI) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigError, ProviderError, ProviderFatal
 from ..settings import Settings
 
-__all__ = ["Fits", "Provider", "ProviderError", "ProviderFatal", "ProviderOptions", "load_provider"]
+__all__ = ["Bounds", "Fits", "Provider", "ProviderError", "ProviderFatal", "ProviderOptions", "load_provider"]
 
 
 @runtime_checkable
@@ -46,6 +46,21 @@ class Fits(Protocol):
 
     def fit(self, text: str) -> tuple[str, int]:
         """(the text as it will be embedded, cut to the limit if need be; its length in tokens before that)."""
+        ...
+
+
+@runtime_checkable
+class Bounds(Protocol):
+    """Optional, with ``Fits``: a cheap upper bound of ``fit(text)[1]`` that runs no tokenizer.
+
+    A byte-level BPE (tiktoken) makes at most one token of each UTF-8 byte, so a text whose bytes are
+    within a limit needs no tokenizer run to know it fits. A provider that says so also counts the
+    tokens it sends itself (``syncer_tokens_total``): syncer then calls ``fit`` only for texts whose
+    bound is over the limit.
+    """
+
+    def token_bound(self, text: str) -> int:
+        """At least as many as ``fit(text)[1]`` (the document prompt included)."""
         ...
 
 

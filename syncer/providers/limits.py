@@ -59,6 +59,11 @@ class RateLimiter:
         self._tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
         self._lock = threading.Lock()
 
+    @property
+    def limits_tokens(self) -> bool:
+        """Whether requests wait for tokens (they then need exact counts, not bounds)."""
+        return self._tokens is not None
+
     def acquire(self, tokens: int) -> None:
         """Block until one request of ``tokens`` tokens may be sent."""
         while True:

