@@ -9,13 +9,16 @@ poll, and concurrent writers never queue up on NOTIFY's commit lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,7 +31,6 @@ from .queries import query
 log = logging.getLogger(__name__)
 
 CHANNEL = "syncer"
-SLICE = 0.25  # seconds: how often a sleeping worker checks the poll and stop flags
 RETRY_MIN, RETRY_MAX = 0.001, 0.1  # seconds: backoff while writers are in flight
 
 
@@ -38,16 +40,50 @@ def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
 
 
 class Wakeup:
-    """Sleeps a worker until a change may be waiting: a NOTIFY, the poll (``event``, also set to stop)."""
+    """Sleeps a worker until a change may be waiting: a NOTIFY, the poll, or a stop (``poke``).
+
+    A worker sleeps armed while nothing is ready: each poll then asks ``ready`` and sleeps on, armed,
+    unless work came that no NOTIFY announced (a backoff ran out, a lease expired, a NOTIFY was lost).
+    The poll and ``poke`` send a byte to a socket that the worker watches beside its LISTEN socket, so
+    it sleeps in one select() with no timeout: no timer wakes an idle worker in between.
+    """
 
     def __init__(self, db: Database, poll_interval: float, notify: bool = True) -> None:
         self.db = db
         self.notify = notify and db.listen_url is not None
-        self.event = threading.Event()
         self.listening = threading.Event()
+        self._poked = threading.Event()  # a stop: back to the loop
+        self._polled = threading.Event()  # the poll: look for work
         self._retry = RETRY_MIN
+        self._sender, self._receiver = socket.socketpair()  # closed with this object
+        self._sender.setblocking(False)
+        self._receiver.setblocking(False)
         self._scheduler = BackgroundScheduler(daemon=True)
-        self._scheduler.add_job(self.event.set, "interval", seconds=poll_interval, id="poll")
+        self._scheduler.add_job(self._poll, "interval", seconds=poll_interval, id="poll")
+
+    def poke(self) -> None:
+        """Wake the worker now, whatever it waits for (a stop; safe from a signal handler)."""
+        self._poked.set()
+        self._send()
+
+    def clear(self) -> None:
+        """Forget pokes and polls that came before now (the worker is about to look at the queue anyway)."""
+        self._poked.clear()
+        self._polled.clear()
+        self._receive()
+
+    def _poll(self) -> None:
+        self._polled.set()
+        self._send()
+
+    def _send(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already
+            self._sender.send(b"\0")
+
+    def _receive(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._receiver.recv(4096):
+                pass
 
     def start(self) -> None:
         self._scheduler.start()
@@ -75,13 +111,16 @@ class Wakeup:
     def sleep(self, conn: psycopg.Connection | None, ready: Callable[[psycopg.Connection], bool]) -> None:
         """Return when a change may be waiting; ``ready`` looks for work (read-only) once armed."""
         if conn is None:
-            self.event.wait()
+            self._wait(None, None)
             return
         if self._one(conn, "arm"):
             self._retry = RETRY_MIN
             try:
-                if not ready(conn):
+                while not ready(conn):
                     self._wait(conn, None)
+                    if self._poked.is_set() or not self._polled.is_set():
+                        return  # a NOTIFY, or a stop
+                    self._polled.clear()  # the poll: look again, still armed
             finally:
                 self._one(conn, "disarm")
         elif self._one(conn, "probe"):  # writers in flight: their changes are there once they commit
@@ -95,16 +134,23 @@ class Wakeup:
         row = conn.execute(query("wakeup", block, wake_lock=sql.Literal(WAKE_LOCK))).fetchone()
         return bool(row and row[0])
 
-    def _wait(self, conn: psycopg.Connection, timeout: float | None) -> None:
-        """Until a NOTIFY, the poll or stop (``event``), or ``timeout`` seconds. The thread sleeps in select() on
-        the connection's socket, slice by slice (psycopg's own wait would wake ten times a second)."""
+    def _wait(self, conn: psycopg.Connection | None, timeout: float | None) -> None:
+        """Until a NOTIFY, the poll, a poke, or ``timeout`` seconds: in select() on the LISTEN socket (if any) and
+        the wake-up socket (psycopg's own wait would wake ten times a second)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if any(True for _ in conn.notifies(timeout=0, stop_after=1)):  # one that came in with an earlier answer
-            return
-        while not self.event.is_set():
-            left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-            if left <= 0:
+        if conn is not None and any(True for _ in conn.notifies(timeout=0, stop_after=1)):
+            return  # one that came in with an earlier answer
+        watched: list[Any] = [self._receiver] if conn is None else [self._receiver, conn.fileno()]
+        while not (self._poked.is_set() or self._polled.is_set()):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return
-            readable = select.select([conn.fileno()], [], [], left)[0]
-            if readable and any(True for _ in conn.notifies(timeout=0, stop_after=1)):
+            readable = select.select(watched, [], [], left)[0]
+            if self._receiver in readable:
+                self._receive()
+            if (
+                conn is not None
+                and conn.fileno() in readable
+                and any(True for _ in conn.notifies(timeout=0, stop_after=1))
+            ):
                 return

@@ -100,7 +100,7 @@ class Worker:
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from a signal handler)."""
         self._stop.set()
-        self.wakeup.event.set()
+        self.wakeup.poke()
 
     @property
     def stopping(self) -> bool:
@@ -141,7 +141,7 @@ class Worker:
         ):
             self.leases.give_back()  # batches left in hand when the last connection broke
             while not self.stopping:
-                self.wakeup.event.clear()
+                self.wakeup.clear()
                 self.drain(claim_conn, write_conn, writer, 0.0 if once else self.options.linger_seconds)
                 self._failures = 0
                 if once:

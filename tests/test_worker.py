@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 
-from syncer import schema
+from syncer import queue, schema
 from syncer.database import Database
 from syncer.settings import Settings
 from syncer.worker import Worker, WorkerOptions
@@ -87,6 +88,30 @@ def test_poll_catches_a_change_whose_notification_was_missed(conn: psycopg.Conne
             conn.execute("INSERT INTO docs (id, body) VALUES (100, 'quiet')")
             conn.execute("INSERT INTO syncer.docs_log (id, changed) VALUES (ARRAY[100], 1)")
         wait_for(embedded(conn, 100, "quiet"), timeout=10)
+
+
+def test_an_idle_worker_polls_with_one_query_and_claims_nothing(
+    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asleep with nothing to do, a worker's poll only asks whether anything is ready; a row whose backoff runs
+    out meanwhile (no NOTIFY announces it) is still picked up by the next poll."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.1)
+    claims: list[str] = []
+    real_claim = queue.claim
+    monkeypatch.setattr(queue, "claim", lambda *a, **k: claims.append(k["lane"]) or real_claim(*a, **k))
+    with running(settings) as worker:
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0)
+        time.sleep(0.3)  # the last drain's claims are done
+        claims.clear()
+        time.sleep(1.5)  # about 15 polls
+        assert claims == []
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")  # no triggers, no NOTIFY
+            conn.execute("UPDATE docs SET body = 'backed off' WHERE id = 1")
+            conn.execute("INSERT INTO syncer.docs_queue (id, not_before) VALUES (1, now() + interval '0.5 s')")
+        wait_for(embedded(conn, 1, "backed off"), timeout=10)
+    assert claims
 
 
 def test_no_wakeup_is_lost_while_writers_race_two_sleeping_workers(
