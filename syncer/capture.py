@@ -33,7 +33,10 @@ def objects(source: Source) -> dict[str, sql.Composable]:
     """Names of the source's trigger functions and triggers."""
     name = source.name
     return {
-        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v2"),
+        "inserts_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_inserts_v1"),
+        "deletes_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_deletes_v1"),
+        "updates_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_updates_v1"),
+        "capture_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v2"),  # 0.2's, for all three: dropped
         "rows_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_capture_v1"),
         "mark_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_mark_v1"),
         "truncate_fn": sql.Identifier(SYNCER_SCHEMA, f"{name}_truncate_v1"),
@@ -96,7 +99,8 @@ def render(conn: psycopg.Connection, source: Source, notify: bool) -> list[sql.C
         return [query("capture", block, **parts) for block in blocks]
     guard = guarded(conn, source)
     update_guard = query("capture", "update_guard", **parts) if guard else sql.SQL("")
-    statements = [query("capture", "capture", **parts, update_guard=update_guard)]
+    wake = query("capture", "wake", **parts)
+    statements = [query("capture", "capture", **parts, update_guard=update_guard, wake=wake)]
     statements += [query("capture", "mark", **parts)] if guard else []
     return statements + [query("capture", "truncate", **parts)]
 
@@ -108,7 +112,8 @@ def signatures(conn: psycopg.Connection, source: Source, notify: bool) -> tuple[
         kinds, functions = ["rows", "updates", "truncate"], ["rows_fn", "truncate_fn", "partition_truncate_fn"]
         kinds += ["notify"] if notify else []
     else:
-        kinds, functions = ["inserts", "updates", "deletes", "truncate"], ["capture_fn", "truncate_fn"]
+        kinds = ["inserts", "updates", "deletes", "truncate"]
+        functions = ["inserts_fn", "deletes_fn", "updates_fn", "truncate_fn"]
         if guarded(conn, source):
             kinds, functions = kinds + ["mark"], functions + ["mark_fn"]
     triggers = [f"syncer_{source.name}_{kind}" for kind in kinds]

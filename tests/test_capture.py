@@ -82,7 +82,11 @@ def test_capture_functions_run_with_a_pinned_search_path(conn: psycopg.Connectio
         "SELECT proname, prosecdef, proconfig FROM pg_proc WHERE pronamespace = 'syncer'::regnamespace "
         "AND prorettype = 'trigger'::regtype ORDER BY proname"
     ).fetchall()
-    assert [r[0] for r in rows] == ["docs_capture_v2", "docs_mark_v1", "docs_truncate_v1", "notify_v1"]
+    functions = ["docs_deletes_v1", "docs_inserts_v1", "docs_mark_v1", "docs_truncate_v1", "docs_updates_v1"]
+    assert [r[0] for r in rows] == [*functions, "notify_v1"]
+    assert [r[2] for r in rows if r[0] == "docs_updates_v1"] == [
+        ["search_path=pg_catalog, pg_temp", "enable_mergejoin=off"]
+    ]
     assert all(r[1] and r[2][0] == "search_path=pg_catalog, pg_temp" for r in rows)
     # An application role that may write docs, and nothing of syncer's, still commits.
     role = sql.Identifier(f"app_writer_{uuid.uuid4().hex[:8]}")
@@ -114,6 +118,27 @@ def test_a_before_update_trigger_that_rewrites_embedded_text_is_caught(
     conn.execute("UPDATE docs SET title = 'Soup' WHERE id = 1")  # names title only; body becomes 'about Soup'
     assert queued_keys(conn) == [1]
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'syncer_docs_mark'").fetchone() == (0,)
+
+
+def test_apply_replaces_the_one_capture_function_of_0_2(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    sync_once(settings, HashEmbedder(settings))
+    # what 0.2 installed: one statement-trigger function behind all three triggers
+    conn.execute(
+        "CREATE FUNCTION syncer.docs_capture_v2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+    )
+    for kind, op in (("inserts", "INSERT"), ("deletes", "DELETE")):
+        table = "NEW TABLE AS syncer_new" if op == "INSERT" else "OLD TABLE AS syncer_old"
+        conn.execute(
+            f"CREATE OR REPLACE TRIGGER syncer_docs_{kind} AFTER {op} ON docs REFERENCING {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION syncer.docs_capture_v2()"
+        )
+    conn.execute("UPDATE syncer.sources SET objects = NULL")
+    sync_once(settings, HashEmbedder(settings))
+    assert conn.execute("SELECT to_regproc('syncer.docs_capture_v2')").fetchone() == (None,)
+    conn.execute("INSERT INTO docs (id, body) VALUES (7, 'seven')")
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    assert queued_keys(conn) == [1, 7]
 
 
 def test_apply_replaces_row_capture_of_0_1_in_one_transaction(conn: psycopg.Connection, docs: str, db_url: str) -> None:
