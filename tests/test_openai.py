@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -16,7 +17,7 @@ from pydantic import SecretStr
 from syncer import metrics, schema
 from syncer.database import Database
 from syncer.providers import ProviderFatal, load_provider
-from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider
+from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider, _vector
 from syncer.settings import ChunkSize, Settings, SourceConfig
 from syncer.worker import Worker, WorkerOptions
 
@@ -271,6 +272,16 @@ def test_chunks_by_tokens_are_counted_in_tokens_not_bytes(
     chunks = dict(conn.execute("SELECT id, count(*) FROM docs_embeddings WHERE id IN (3, 4) GROUP BY id").fetchall())
     assert chunks == {3: 1, 4: 2}
     assert max(len(encoding().encode(t)) for t in sent(server)) <= 512
+
+
+def test_vectors_are_read_as_base64_or_as_lists_of_numbers() -> None:
+    """syncer asks for base64; a compatible server that ignores that and sends numbers is read as well."""
+    vector = np.array([0.25, -1.5, 3.0], dtype=np.float32)
+    as_base64 = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    np.testing.assert_array_equal(_vector(as_base64), vector)
+    np.testing.assert_array_equal(_vector([0.25, -1.5, 3.0]), vector)
+    with pytest.raises(TypeError):
+        _vector({"values": [0.25]})
 
 
 def test_the_tokens_metric_counts_what_the_server_reports(
