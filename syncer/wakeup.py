@@ -109,26 +109,36 @@ class Wakeup:
                 self.listening.clear()
 
     def sleep(self, conn: psycopg.Connection | None, ready: Callable[[psycopg.Connection], bool]) -> None:
-        """Return when a change may be waiting; ``ready`` looks for work (read-only) once armed."""
+        """Return when a change may be waiting; ``ready`` looks for work (read-only) once armed, and at each poll."""
         if conn is None:
             self._wait(None, None)
             return
-        if self._one(conn, "arm"):
-            self._retry = RETRY_MIN
-            try:
-                while not ready(conn):
-                    self._wait(conn, None)
-                    if self._poked.is_set() or not self._polled.is_set():
-                        return  # a NOTIFY, or a stop
-                    self._polled.clear()  # the poll: look again, still armed
-            finally:
-                self._one(conn, "disarm")
-        elif self._one(conn, "probe"):  # writers in flight: their changes are there once they commit
-            self._one(conn, "unprobe")
-            self._wait(conn, self._retry)
-            self._retry = min(self._retry * 2, RETRY_MAX)
-        else:  # another worker is armed: its writers' NOTIFYs reach us too (and the poll, if it went away)
-            self._wait(conn, None)
+        while True:
+            if self._one(conn, "arm"):
+                self._retry = RETRY_MIN
+                try:
+                    while not ready(conn):
+                        if not self._polled_only(conn):
+                            return
+                finally:
+                    self._one(conn, "disarm")
+                return
+            if self._one(conn, "probe"):  # writers in flight: their changes are there once they commit
+                self._one(conn, "unprobe")
+                self._wait(conn, self._retry)
+                self._retry = min(self._retry * 2, RETRY_MAX)
+                return
+            # another worker is armed: its writers' NOTIFYs reach us too; at each poll, try to arm (it may be gone)
+            if not self._polled_only(conn) or ready(conn):
+                return
+
+    def _polled_only(self, conn: psycopg.Connection) -> bool:
+        """Wait; whether it was only the poll that woke us (not a NOTIFY, nor a stop)."""
+        self._wait(conn, None)
+        if self._poked.is_set() or not self._polled.is_set():
+            return False
+        self._polled.clear()
+        return True
 
     def _one(self, conn: psycopg.Connection, block: str) -> bool:
         row = conn.execute(query("wakeup", block, wake_lock=sql.Literal(WAKE_LOCK))).fetchone()

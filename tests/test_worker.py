@@ -90,17 +90,18 @@ def test_poll_catches_a_change_whose_notification_was_missed(conn: psycopg.Conne
         wait_for(embedded(conn, 100, "quiet"), timeout=10)
 
 
-def test_an_idle_worker_polls_with_one_query_and_claims_nothing(
+def test_idle_workers_poll_with_a_query_and_claim_nothing(
     conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Asleep with nothing to do, a worker's poll only asks whether anything is ready; a row whose backoff runs
-    out meanwhile (no NOTIFY announces it) is still picked up by the next poll."""
+    """Asleep with nothing to do, a worker's poll only asks whether anything is ready (the one armed, and the
+    other, which then tries to arm); a row whose backoff runs out meanwhile (no NOTIFY announces it) is still
+    picked up by the next poll."""
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.1)
     claims: list[str] = []
     real_claim = queue.claim
     monkeypatch.setattr(queue, "claim", lambda *a, **k: claims.append(k["lane"]) or real_claim(*a, **k))
-    with running(settings) as worker:
-        assert worker.wakeup.listening.wait(5)
+    with running(settings) as first, running(settings) as second:
+        assert first.wakeup.listening.wait(5) and second.wakeup.listening.wait(5)
         wait_for(lambda: queue_depth(conn) == 0)
         time.sleep(0.3)  # the last drain's claims are done
         claims.clear()
