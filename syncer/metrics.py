@@ -49,7 +49,10 @@ PROVIDER_REQUESTS = Counter(
     registry=None,
 )
 TOKENS = Counter(
-    "syncer_tokens", "Tokens sent to the provider (documents, prompts included)", ["provider"], registry=None
+    "syncer_tokens",
+    "Tokens sent to the provider (prompts included; openai: the usage it reports)",
+    ["provider"],
+    registry=None,
 )
 LAST_PROGRESS = Gauge(
     "syncer_last_progress_timestamp_seconds", "Unix time this worker last settled rows", registry=None
