@@ -100,7 +100,11 @@ def render(conn: psycopg.Connection, source: Source, notify: bool) -> list[sql.C
     guard = guarded(conn, source)
     update_guard = query("capture", "update_guard", **parts) if guard else sql.SQL("")
     wake = query("capture", "wake", **parts)
-    statements = [query("capture", "capture", **parts, update_guard=update_guard, wake=wake)]
+    statements = [
+        query("capture", "append", **parts, append_fn=parts[fn], rows=sql.Identifier(rows), wake=wake)
+        for fn, rows in (("inserts_fn", "syncer_new"), ("deletes_fn", "syncer_old"))
+    ]
+    statements += [query("capture", "capture", **parts, update_guard=update_guard, wake=wake)]
     statements += [query("capture", "mark", **parts)] if guard else []
     return statements + [query("capture", "truncate", **parts)]
 

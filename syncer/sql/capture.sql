@@ -5,28 +5,8 @@
 -- text, NULL-safe: 1.5 -> 1.50 is a change). The workers move logged keys into the queue, where repeated
 -- changes coalesce. One row per statement, not one queue upsert per row: that is what makes capture cheap.
 -- A function per operation: only the UPDATE's join needs a setting of its own (set and restored on every
--- call, which costs a single-row INSERT about a tenth of its time). CREATE OR REPLACE TRIGGER takes SHARE ROW
+-- call); the INSERT's and the DELETE's (append, below) are created first. CREATE OR REPLACE TRIGGER takes SHARE ROW
 -- EXCLUSIVE on the table (readers never wait for it, nor it for them); 0.2's one function for all three goes.
-CREATE OR REPLACE FUNCTION {inserts_fn}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    logged bigint;
-BEGIN
-    INSERT INTO {log} ({keys}, changed) SELECT {key_arrays}, count(*) FROM syncer_new HAVING count(*) > 0;
-{wake}
-END
-$$;
-REVOKE ALL ON FUNCTION {inserts_fn}() FROM PUBLIC;
-CREATE OR REPLACE FUNCTION {deletes_fn}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    logged bigint;
-BEGIN
-    INSERT INTO {log} ({keys}, changed) SELECT {key_arrays}, count(*) FROM syncer_old HAVING count(*) > 0;
-{wake}
-END
-$$;
-REVOKE ALL ON FUNCTION {deletes_fn}() FROM PUBLIC;
 CREATE OR REPLACE FUNCTION {updates_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_mergejoin = off AS $$
 DECLARE
@@ -50,6 +30,19 @@ CREATE OR REPLACE TRIGGER {updates_trigger} AFTER UPDATE ON {table}
 CREATE OR REPLACE TRIGGER {deletes_trigger} AFTER DELETE ON {table}
     REFERENCING OLD TABLE AS syncer_old FOR EACH STATEMENT EXECUTE FUNCTION {deletes_fn}();
 DROP FUNCTION IF EXISTS {capture_fn}()
+
+-- name: append
+-- The capture function of an INSERT or a DELETE: the keys of its transition table, in one log row.
+CREATE OR REPLACE FUNCTION {append_fn}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    logged bigint;
+BEGIN
+    INSERT INTO {log} ({keys}, changed) SELECT {key_arrays}, count(*) FROM {rows} HAVING count(*) > 0;
+{wake}
+END
+$$;
+REVOKE ALL ON FUNCTION {append_fn}() FROM PUBLIC
 
 -- name: wake
 -- (inside each capture function) The wake-up: NOTIFY only while a worker sleeps armed (it holds the wake lock
