@@ -52,7 +52,7 @@ class Wakeup:
         self.db = db
         self.notify = notify and db.listen_url is not None
         self.listening = threading.Event()
-        self._poked = threading.Event()  # a stop: back to the loop
+        self._poked = threading.Event()  # a stop: back to the loop, and never to sleep again
         self._polled = threading.Event()  # the poll: look for work
         self._retry = RETRY_MIN
         self._sender, self._receiver = socket.socketpair()  # closed with this object
@@ -62,13 +62,12 @@ class Wakeup:
         self._scheduler.add_job(self._poll, "interval", seconds=poll_interval, id="poll")
 
     def poke(self) -> None:
-        """Wake the worker now, whatever it waits for (a stop; safe from a signal handler)."""
+        """Wake the worker for good: every wait returns at once from now on (a stop; safe from a signal handler)."""
         self._poked.set()
         self._send()
 
     def clear(self) -> None:
-        """Forget pokes and polls that came before now (the worker is about to look at the queue anyway)."""
-        self._poked.clear()
+        """Forget polls that came before now (the worker is about to look at the queue anyway); a poke stays."""
         self._polled.clear()
         self._receive()
 

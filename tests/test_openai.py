@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from syncer import metrics, schema
+from syncer import embedding, metrics, schema
 from syncer.database import Database
 from syncer.providers import ProviderFatal, load_provider
 from syncer.providers.openai_compatible import OpenAIOptions, OpenAIProvider, _vector
@@ -282,6 +282,13 @@ def test_vectors_are_read_as_base64_or_as_lists_of_numbers() -> None:
     np.testing.assert_array_equal(_vector([0.25, -1.5, 3.0]), vector)
     with pytest.raises(TypeError):
         _vector({"values": [0.25]})
+
+
+def test_vectors_of_another_size_stop_the_worker_and_charge_no_row(server: FakeOpenAI) -> None:
+    provider = OpenAIProvider(OpenAIOptions(base_url=server.base_url, api_key=SecretStr("k"), dimensions=DIMENSIONS))
+    server.fail_next(200, body={"object": "list", "data": [{"index": 0, "embedding": [0.5, 0.5]}]})
+    with pytest.raises(ProviderFatal, match="made 2-dimensional vectors, but it declares 64"):
+        embedding.embed(provider, ["a text"])
 
 
 def test_the_tokens_metric_counts_what_the_server_reports(

@@ -80,6 +80,13 @@ def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection,
     assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')").fetchone() == (None,)
     sync_once(settings, provider)
     assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')::text").fetchone() == ("syncer_docs_hnsw",)
+    # the build's parallel workers are set for it alone; a setting of the owner's own stays as it was
+    options = "SELECT reloptions FROM pg_class WHERE oid = 'public.docs_embeddings'::regclass"
+    assert conn.execute(options).fetchone() == (None,)
+    conn.execute("DROP INDEX syncer_docs_hnsw")
+    conn.execute("ALTER TABLE docs_embeddings SET (parallel_workers = 3, fillfactor = 90)")
+    assert conn.execute("SELECT syncer.docs_index_v1()").fetchone() == (True,)
+    assert conn.execute(options).fetchone() == (["parallel_workers=3", "fillfactor=90"],)
 
 
 def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:

@@ -15,13 +15,19 @@ import pytest
 
 from syncer import queue, schema
 from syncer.database import Database
+from syncer.fragments import WAKE_LOCK
 from syncer.settings import Settings
+from syncer.wakeup import Wakeup
 from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
 from providers import HashEmbedder
 
 HASH_PROVIDER = "tests.providers:HashEmbedder"
+ARMED = (  # a worker sleeps armed: it holds the wake lock (WAKE_LOCK, 0) exclusively
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid AND objid = 0 "
+    "AND mode = 'ExclusiveLock' AND granted"
+)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.05) -> None:
@@ -39,7 +45,7 @@ def running(settings: Settings) -> Iterator[Worker]:
     provider = HashEmbedder(settings)
     applied = schema.apply(db, settings, provider)
     worker = Worker(db, provider, [s for s, _ in applied], WorkerOptions.from_settings(settings))
-    thread = threading.Thread(target=worker.run, daemon=True)
+    thread = threading.Thread(target=worker.run, daemon=True, name="worker-under-test")
     thread.start()
     try:
         yield worker
@@ -113,6 +119,33 @@ def test_idle_workers_poll_with_a_query_and_claim_nothing(
             conn.execute("INSERT INTO syncer.docs_queue (id, not_before) VALUES (1, now() + interval '0.5 s')")
         wait_for(embedded(conn, 1, "backed off"), timeout=10)
     assert claims
+
+
+def test_a_stop_that_lands_between_two_passes_is_not_lost(
+    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM's stop() may run between the loop's check of its stop flag and the next sleep: the worker must
+    still stop at once, not sleep armed until a NOTIFY that may never come."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=0.2)
+    passes = 0
+    real_clear = Wakeup.clear
+
+    def clear(wakeup: Wakeup) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 2:
+            worker.stop()  # after `while not self.stopping`, before the wake-up's flags are cleared
+        real_clear(wakeup)
+
+    monkeypatch.setattr(Wakeup, "clear", clear)
+    with running(settings) as worker:
+        thread = next(t for t in threading.enumerate() if t.name == "worker-under-test")
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: conn.execute(ARMED, [WAKE_LOCK]).fetchone() == (1,))  # asleep: a write wakes it
+        conn.execute("NOTIFY syncer, 'docs'")  # a pass that finds nothing to do: the stop must not be lost
+        wait_for(lambda: passes >= 2)
+        thread.join(2)
+        assert not thread.is_alive(), "the worker slept through its stop"
 
 
 def test_no_wakeup_is_lost_while_writers_race_two_sleeping_workers(

@@ -101,8 +101,8 @@ class OpenAIProvider:
         self._encoding_name = _encoding_name(tiktoken, self.model)
         self._encoding: Any = None
         self._encoding_lock = threading.Lock()
-        if not self._encoding_name.endswith("_offline"):
-            self._load_encoding()  # downloaded or cached: learn now whether it can be had
+        if not self._encoding_name.endswith("_offline"):  # downloaded or cached: learn now whether it can be had
+            self._encoding = _encoding(tiktoken, self._encoding_name, self.model)
         self.max_input_tokens = MAX_INPUT_TOKENS
         self.options = options
         self.limiter = RateLimiter(options.requests_per_minute, options.tokens_per_minute)
@@ -134,9 +134,13 @@ class OpenAIProvider:
         futures = [
             self.pool.submit(self._request, [inputs[i] for i in part], sum(counts[i] for i in part)) for part in plan
         ]
-        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for part, future in zip(plan, futures, strict=True):
-            vectors[part] = future.result()
+        answers = [future.result() for future in futures]
+        widths = {answer.shape[1] for answer in answers}
+        if len(widths) != 1:
+            raise ProviderError(f"{self.model}: vectors of {sorted(widths)} dimensions in one window")
+        vectors = np.empty((len(texts), widths.pop()), dtype=np.float32)  # of the wrong size: checked() says so
+        for part, answer in zip(plan, answers, strict=True):
+            vectors[part] = answer
         return vectors
 
     def _plan(self, counts: list[int]) -> list[list[int]]:
@@ -164,7 +168,10 @@ class OpenAIProvider:
         """The model's tokenizer, loaded on first use (0.4 s): texts whose bytes fit never need it."""
         with self._encoding_lock:
             if self._encoding is None:
-                self._encoding = _encoding(self._tiktoken, self._encoding_name, self.model)
+                try:
+                    self._encoding = _encoding(self._tiktoken, self._encoding_name, self.model)
+                except ConfigError as exc:  # mid-run: the provider's fault, never the rows'
+                    raise ProviderFatal(str(exc)) from exc
             return self._encoding
 
     def _probe(self) -> np.ndarray:

@@ -78,7 +78,7 @@ SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 -- graph is built in memory of its own (memory_kb, or about n * (4d + 400) bytes for n vectors of d dimensions,
 -- 64 MB to 8 GB: pgvector slows down sharply once the graph no longer fits) with `workers` parallel workers
 -- (default: the server's max_parallel_maintenance_workers), also for a store under the 8 MB below which PostgreSQL
--- plans none (5,000 vectors of 256 dimensions: 1.0 s with one worker, 1.6 s without); a parallel build whose
+-- plans none unless the store's parallel_workers says so (5,000 vectors of 256 dimensions: 1.0 s with one worker, 1.6 s without); a parallel build whose
 -- shared memory runs out (a container's small /dev/shm) is done again without them. Searches go on meanwhile
 -- (CREATE INDEX lets reads be).
 CREATE OR REPLACE FUNCTION {index_fn}(memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL)
@@ -87,6 +87,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vectors bigint;
     dimensions integer;
+    unset boolean;
 BEGIN
     IF to_regclass({index_name}) IS NOT NULL OR NOT pg_try_advisory_xact_lock(hashtext({index_name})) THEN
         RETURN false;
@@ -100,15 +101,21 @@ BEGIN
     IF workers IS NOT NULL THEN
         PERFORM set_config('max_parallel_maintenance_workers', workers::text, true);
     END IF;
-    EXECUTE format('ALTER TABLE %s SET (parallel_workers = %s)', {store_name}::regclass,
-                   current_setting('max_parallel_maintenance_workers'));  -- undone below, in this transaction
+    SELECT NOT EXISTS (SELECT FROM pg_options_to_table(c.reloptions) WHERE option_name = 'parallel_workers')
+    INTO unset FROM pg_class c WHERE c.oid = {store_name}::regclass;
+    IF unset THEN  -- undone below, in this transaction; a setting of the owner's own is left as it is
+        EXECUTE format('ALTER TABLE %s SET (parallel_workers = %s)', {store_name}::regclass,
+                       current_setting('max_parallel_maintenance_workers'));
+    END IF;
     BEGIN
         CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
     EXCEPTION WHEN disk_full OR out_of_memory THEN
         PERFORM set_config('max_parallel_maintenance_workers', '0', true);
         CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
     END;
-    ALTER TABLE {store} RESET (parallel_workers);
+    IF unset THEN
+        ALTER TABLE {store} RESET (parallel_workers);
+    END IF;
     RETURN true;
 END
 $$;
