@@ -5,8 +5,9 @@
 -- text, NULL-safe: 1.5 -> 1.50 is a change). The workers move logged keys into the queue, where repeated
 -- changes coalesce. One row per statement, not one queue upsert per row: that is what makes capture cheap.
 -- A function per operation: only the UPDATE's join needs a setting of its own (set and restored on every
--- call); the INSERT's and the DELETE's (append, below) are created first. CREATE OR REPLACE TRIGGER takes SHARE ROW
--- EXCLUSIVE on the table (readers never wait for it, nor it for them); 0.2's one function for all three goes.
+-- call); the INSERT's and the DELETE's (append, below) are created first. CREATE OR REPLACE TRIGGER takes
+-- SHARE ROW EXCLUSIVE on the table (readers never wait for it, nor it for them); 0.2's one function for all
+-- three goes.
 CREATE OR REPLACE FUNCTION {updates_fn}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_mergejoin = off AS $$
 DECLARE

@@ -77,10 +77,10 @@ SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 -- owning the store: one builder at a time (the others go on), nothing if it exists; true if built now. The
 -- graph is built in memory of its own (memory_kb, or about n * (4d + 400) bytes for n vectors of d dimensions,
 -- 64 MB to 8 GB: pgvector slows down sharply once the graph no longer fits) with `workers` parallel workers
--- (default: the server's max_parallel_maintenance_workers), also for a store under the 8 MB below which PostgreSQL
--- plans none unless the store's parallel_workers says so (5,000 vectors of 256 dimensions: 1.0 s with one worker, 1.6 s without); a parallel build whose
--- shared memory runs out (a container's small /dev/shm) is done again without them. Searches go on meanwhile
--- (CREATE INDEX lets reads be).
+-- (default: the server's max_parallel_maintenance_workers), also for a store under the 8 MB below which
+-- PostgreSQL plans none unless the store's parallel_workers says so (5,000 vectors of 256 dimensions: 1.0 s with
+-- one worker, 1.6 s without); a parallel build whose shared memory runs out (a container's small /dev/shm) is
+-- done again without them. Searches go on meanwhile (CREATE INDEX lets reads be).
 CREATE OR REPLACE FUNCTION {index_fn}(memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
