@@ -126,10 +126,10 @@ class OpenAIProvider:
         if any(not t.strip() for t in texts):
             raise InputRejected("empty input: the embeddings API refuses empty strings")
         inputs = [self._document(t) for t in texts]
-        counts = [len(t.encode()) for t in inputs]  # bounds (see token_bound)
+        counts = [self._budget(t) for t in inputs]
         plan = self._plan(counts)
-        if self.limiter.limits_tokens or len(plan) > len(self._plan([0] * len(inputs))):
-            counts = [self._tokens(t) for t in inputs]  # exact where bounds would cost requests or rate
+        if not self.limiter.limits_tokens and len(plan) > len(self._plan([0] * len(inputs))):
+            counts = [self._tokens(t) for t in inputs]  # the bounds would cost requests: count
             plan = self._plan(counts)
         futures = [
             self.pool.submit(self._request, [inputs[i] for i in part], sum(counts[i] for i in part)) for part in plan
@@ -161,7 +161,8 @@ class OpenAIProvider:
         return len(self._load_encoding().encode(text, disallowed_special=()))
 
     def _budget(self, text: str) -> int:
-        """What a request of ``text`` spends: its exact count where the rate limiter counts tokens."""
+        """What ``text`` spends of a request's and the rate limiter's tokens: its UTF-8 length, a bound (see
+        ``token_bound``), unless the limiter counts tokens, which then needs them exactly."""
         return self._tokens(text) if self.limiter.limits_tokens else len(text.encode())
 
     def _load_encoding(self) -> Any:
