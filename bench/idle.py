@@ -101,6 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=30, help="idle CPU window (default 30)")
     p.add_argument("--edits", type=int, default=100, help="single edits timed (default 100)")
     p.add_argument("--stress", type=float, default=15, help="seconds of racing writers (default 15)")
+    p.add_argument(
+        "--indexed",
+        action="store_true",
+        help="the store gets its HNSW index at once (SYNCER_INDEX_MIN_ROWS=0); default: 5,000 vectors of 16 "
+        "dimensions are searched exactly, as syncer leaves a store that small",
+    )
     p.add_argument("--quick", action="store_true", help="a short smoke run: 1 run, 5 s idle, 20 edits, 3 s stress")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     out = results_dir("idle")
     results: list[Result] = []
     with postgres() as server, fresh_database(server.url, "bench_idle") as url:
-        source = apply_docs(url, ROWS, out)
+        source = apply_docs(url, ROWS, out, args.indexed)
         header = [
             f"idle workers: SYNCER_POLL_INTERVAL={POLL_INTERVAL}, {ROWS:,}-row docs (title + body, HashEmbedder); "
             f"{args.idle_seconds:g} s idle CPU window, {args.edits} edits {EDIT_EVERY * 1000:.0f} ms apart, "

@@ -69,9 +69,10 @@ def create_docs(conn: psycopg.Connection, table: str, rows: int) -> None:
 DOCS_SOURCES: list[dict[str, object]] = [{"table": "public.docs", "columns": ["title", "body"]}]
 
 
-def apply_docs(url: str, rows: int, logs: Path) -> Source:
+def apply_docs(url: str, rows: int, logs: Path, indexed: bool = False) -> Source:
     """``public.docs`` with ``rows`` rows, `syncer apply` (title + body, HashEmbedder), and its backfill
-    embedded by `syncer run --once`: every row then has a current vector."""
+    embedded by `syncer run --once`: every row then has a current vector. ``indexed``: the store gets its HNSW
+    index whatever its size (``SYNCER_INDEX_MIN_ROWS=0``)."""
     from syncer import schema
     from syncer.database import Database
     from syncer.providers import load_provider
@@ -81,7 +82,8 @@ def apply_docs(url: str, rows: int, logs: Path) -> Source:
         create_docs(conn, "docs", rows)
     settings = Settings(database_url=url, sources=DOCS_SOURCES, provider=HASH_PROVIDER)  # type: ignore[arg-type]
     ((source, _),) = schema.apply(Database(url), settings, load_provider(settings))
-    backfill = WorkerProcess("bench-backfill", url, DOCS_SOURCES, {}, logs, ["--once"])
+    env = {"SYNCER_INDEX_MIN_ROWS": "0"} if indexed else {}
+    backfill = WorkerProcess("bench-backfill", url, DOCS_SOURCES, env, logs, ["--once"])
     backfill.start()
     assert backfill.process is not None
     if backfill.process.wait(300) != 0:

@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs (default 3)")
     p.add_argument("--seconds", type=int, default=10, help="seconds per writer count (default 10)")
     p.add_argument("--writers", default="1,20,50", help="writer counts (default 1,20,50)")
+    p.add_argument(
+        "--indexed",
+        action="store_true",
+        help="the store gets its HNSW index at once (SYNCER_INDEX_MIN_ROWS=0); default: 5,000 vectors of 16 "
+        "dimensions are searched exactly, as syncer leaves a store that small",
+    )
     p.add_argument("--quick", action="store_true", help="a short smoke run: 1 run, 2 s per writer count")
     args = p.parse_args(argv)
     args.writers = [int(w) for w in args.writers.split(",")]
@@ -163,11 +169,11 @@ class Sampler(threading.Thread):
         return {event: n / total for event, n in self.counts.most_common(3)}
 
 
-def prepare(url: str, logs: Path) -> Source:
+def prepare(url: str, logs: Path, indexed: bool) -> Source:
     """The plain copy, and docs applied with its backfill embedded."""
     with psycopg.connect(url, autocommit=True) as conn:
         create_docs(conn, "docs_plain", ROWS)
-    return apply_docs(url, ROWS, logs)
+    return apply_docs(url, ROWS, logs, indexed)
 
 
 def reset(conn: psycopg.Connection, source: Source) -> None:
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     problems: dict[str, list[str]] = {}
     phases: list[Phase] = []
     with postgres(QUIET_CHECKPOINTS) as server, fresh_database(server.url, "bench_writers") as url:
-        source = prepare(url, out)
+        source = prepare(url, out, args.indexed)
         header = [
             f"concurrent writers: single-row UPDATE of the embedded column, {ROWS:,} rows, durable commit, "
             f"{args.seconds:g} s per writer count; syncer with {WORKERS} `syncer run` workers (HashEmbedder)",

@@ -149,7 +149,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_json() for s in lines], indent=2))
     else:
-        headers = ["source", "rows", "embedded", "queued", "failing", "dead", "oldest pending", "last error"]
+        headers = ["source", "rows", "embedded", "search", "queued", "failing", "dead", "oldest pending", "last error"]
         print(report.format_table(headers, [_status_row(s) for s in lines]))
     if args.max_lag is not None:
         lagging = [s.source for s in lines if (s.queue.oldest_seconds or 0.0) > args.max_lag]
@@ -165,7 +165,8 @@ def _status_row(s: report.Status) -> tuple[object, ...]:
     embedded = f"~{s.embedded} vectors" if s.embedded_estimated else s.embedded
     if s.vectors is not None and s.vectors != s.embedded:
         embedded = f"{s.embedded} ({s.vectors} chunks)"
-    return (s.source, rows, embedded, q.pending, q.failing, q.dead, _age(q.oldest_seconds), q.last_error)
+    search = "hnsw" if s.indexed else "exact"
+    return (s.source, rows, embedded, search, q.pending, q.failing, q.dead, _age(q.oldest_seconds), q.last_error)
 
 
 def cmd_errors(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import tables
 from .database import transaction
 from .queries import query
 from .sources import Source
@@ -42,6 +43,7 @@ class Status:
     embedded: int | None  # rows with vectors (when estimated: vectors)
     embedded_estimated: bool
     vectors: int | None  # chunks, counted (None: estimated, or a store that is not counted)
+    indexed: bool  # the store has its HNSW index (else searches scan it: exact, fine while it is small)
     queue: QueueState
 
     def as_json(self) -> dict[str, Any]:
@@ -66,7 +68,8 @@ def status(conn: psycopg.Connection, source: Source) -> Status:
         if not estimated:
             counted = conn.execute(query("report", "count_store", store=source.store)).fetchone()
             embedded, vectors = (int(counted[0]), int(counted[1])) if counted else (None, None)
-    return Status(source.name, rows, rows_estimated, embedded, estimated, vectors, queue_state(conn, source))
+        indexed = tables.indexed(conn, source)
+    return Status(source.name, rows, rows_estimated, embedded, estimated, vectors, indexed, queue_state(conn, source))
 
 
 def _estimate(conn: psycopg.Connection, table: sql.Identifier) -> int | None:

@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .providers import Provider
 from .queries import query
 from .registry import Registration
-from .settings import Settings, memory_kb
+from .settings import Settings
 from .sources import Source, describe, same_text
 from .wakeup import backoff
 
@@ -168,10 +168,20 @@ def apply_source(
         with transaction(conn):
             registry.mark_backfilled(conn, source)
     with transaction(conn):
-        if queue.pending(conn, source, settings.index_after_rows + 1) <= settings.index_after_rows:
-            memory = memory_kb(settings.index_memory) if settings.index_memory else None
-            tables.ensure_index(conn, source, memory, settings.index_workers)  # else the workers, once drained
+        _index_now(conn, source, settings, provider.dimensions)
     return queued
+
+
+def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dimensions: int) -> None:
+    """Build the store's index before its queue is worked when the store is (or is about to be) large enough to
+    need one and the queue small enough to pay the inserts; else the workers build it once that is so."""
+    pending = queue.pending(conn, source, settings.index_after_rows + 1)
+    if pending > settings.index_after_rows:
+        return
+    indexing = tables.Indexing.from_settings(settings)
+    threshold = indexing.threshold(dimensions)
+    if tables.store_rows(conn, source, threshold) + pending >= threshold:
+        tables.ensure_index(conn, source, indexing)
 
 
 def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> Requeue:

@@ -222,6 +222,12 @@ class Settings(BaseSettings):
     index_after_rows: int = Field(
         1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
+    index_min_rows: int | None = Field(
+        None,
+        ge=0,
+        description="a store gets its HNSW index once it holds this many vectors; smaller ones are searched "
+        "exactly (default: 3,000,000 / dimensions up to 500 dimensions, e.g. 7,812 of 384; 1,000 above)",
+    )
     application_name: str = "syncer"
     http_port: int | None = Field(
         None, ge=1, le=65535, description="serve /metrics, /healthz and /readyz on this port (unset: no endpoint)"

@@ -27,7 +27,7 @@ from .lanes import Lanes
 from .leases import Leases
 from .progress import Progress
 from .providers import Provider
-from .settings import Settings, memory_kb
+from .settings import Settings
 from .sources import Source
 from .wakeup import Wakeup, backoff
 
@@ -50,8 +50,7 @@ class WorkerOptions:
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
     provider_name: str = "provider"  # its label in metrics
-    index_memory_kb: int | None = None  # an HNSW index build's memory (None: sized to the index)
-    index_workers: int | None = None  # and its parallel workers (None: the server's setting)
+    indexing: tables.Indexing = tables.Indexing()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
@@ -67,8 +66,7 @@ class WorkerOptions:
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
             provider_name=settings.provider,
-            index_memory_kb=memory_kb(settings.index_memory) if settings.index_memory else None,
-            index_workers=settings.index_workers,
+            indexing=tables.Indexing.from_settings(settings),
         )
 
 
@@ -92,7 +90,8 @@ class Worker:
         self.wakeup = Wakeup(db, options.poll_interval, options.notify)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
-        self._indexed: set[str] = set()
+        self._indexed: set[str] = set()  # sources whose store has its index (or another worker builds it)
+        self._unindexed: dict[str, int] = {}  # vectors to store before a source's store is counted again
         self.lanes = Lanes()
         self._failures = 0  # connection or provider failures in a row
         self.embedded = 0  # vectors written by this worker
@@ -244,6 +243,9 @@ class Worker:
         if outcome.unreached:
             self.leases.linger(batch.only(set(outcome.unreached)))
         self.embedded += outcome.stored
+        name = batch.source.name
+        if name not in self._indexed:
+            self._unindexed[name] = self._unindexed.get(name, 0) - sum(map(len, vectors.values()))
         metrics.settled(batch.source.name, outcome.counts(), outcome.ages)
         extra = {"source": batch.source.name, "batch": len(batch)}
         log.debug("%s: settled %s", batch.source.name, outcome.counts(), extra=extra)
@@ -253,14 +255,21 @@ class Worker:
         return outcome.settled
 
     def _ensure_indexes(self, conn: psycopg.Connection) -> None:
-        """Build indexes deferred during a large backfill, once no key of that source is ready or in hand."""
+        """Build a store's index once it holds enough vectors to need one (``Indexing.threshold``) and, after a
+        large backfill, once no key of its source is ready or in hand."""
+        threshold = self.options.indexing.threshold(self.provider.dimensions)
         for source in self.sources:
-            if source.name in self._indexed:
+            if source.name in self._indexed or self._unindexed.get(source.name, 0) > 0:
                 continue
             with transaction(conn):
                 if queue.busy(conn, source):
                     continue
-                tables.ensure_index(conn, source, self.options.index_memory_kb, self.options.index_workers)
+                if not tables.indexed(conn, source):
+                    short = threshold - tables.store_rows(conn, source, threshold)
+                    if short > 0:  # counted again once this worker has stored that many
+                        self._unindexed[source.name] = short
+                        continue
+                    tables.ensure_index(conn, source, self.options.indexing)
             self._indexed.add(source.name)
 
 

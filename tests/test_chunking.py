@@ -87,7 +87,7 @@ def test_many_chunks_of_one_row_still_give_match_count_rows(conn: psycopg.Connec
     long_row = " ".join(f"part{i}." for i in range(600))  # about 60 chunks
     conn.execute("INSERT INTO docs VALUES (1, %s)", [long_row])
     conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(2, 6) i")
-    settings = make_settings(db_url, CHUNKED)
+    settings = make_settings(db_url, CHUNKED, index_min_rows=0)
     sync_once(settings, WordEmbedder())
     [source] = schema.resolve_all(Database(db_url), settings)
     near_row_1 = hash_vector(chunks(conn, 1)[30][3])  # a query nearest to one of row 1's chunks

@@ -32,8 +32,8 @@ def test_run_logs_backfill_progress_then_status_and_search(conn: psycopg.Connect
     assert "syncing docs: 5/5 rows" in output and "rows/s, eta" in output
 
     status = run_cli(db_url, "status").splitlines()
-    assert status[0].split()[:6] == ["source", "rows", "embedded", "queued", "failing", "dead"]
-    assert status[-1].split()[:5] == ["docs", "5", "5", "0", "0"]
+    assert status[0].split()[:7] == ["source", "rows", "embedded", "search", "queued", "failing", "dead"]
+    assert status[-1].split()[:6] == ["docs", "5", "5", "exact", "0", "0"]  # 5 vectors: no index yet
 
     text = "Gzip\n\nCompress and decompress files in the gzip format."
     assert conn.execute("SELECT id FROM syncer.search_docs(%s, 1)", [hash_vector(text)]).fetchone() == (3,)

@@ -55,7 +55,7 @@ def test_a_dead_row_leaves_the_lag_and_shows_apart(conn: psycopg.Connection, doc
     assert (q.pending, q.ready, q.leased, q.backoff, q.failing, q.dead, q.oldest_seconds) == (0, 0, 0, 0, 0, 1, None)
     assert "POISON" in (q.last_error or "")
     line = cli(db_url, "status").splitlines()[-1].split()
-    assert line[:7] == ["docs", "5", "3", "0", "0", "1", "-"]
+    assert line[:8] == ["docs", "5", "3", "exact", "0", "0", "1", "-"]
 
 
 def test_errors_lists_failing_and_dead_rows(conn: psycopg.Connection, docs: str, db_url: str) -> None:

@@ -165,7 +165,7 @@ def test_a_settle_that_finds_its_lease_taken_writes_nothing_and_says_so(
 
 def test_the_deferred_index_waits_for_rows_in_hand(conn: psycopg.Connection, db_url: str) -> None:
     fill(conn, 50)
-    settings = make_settings(db_url, DOCS, index_after_rows=10)
+    settings = make_settings(db_url, DOCS, index_after_rows=10, index_min_rows=0)
     provider = HashEmbedder()
     db = Database.from_settings(settings)
     [(source, _)] = schema.apply(db, settings, provider)

@@ -78,7 +78,7 @@ def test_owner_applies_worker_syncs_reader_searches_app_writes(roles: Roles) -> 
         f'TO "{roles.reader}";'
     ) in reader_grants
 
-    roles.ok(roles.worker, "run", "--once", SYNCER_APPLY="never")
+    roles.ok(roles.worker, "run", "--once", SYNCER_APPLY="never", SYNCER_INDEX_MIN_ROWS="0")
     with psycopg.connect(as_role(roles.url, roles.app), autocommit=True) as app:
         app.execute("INSERT INTO docs (title, body) VALUES ('Pasta', 'Boil water.')")
         app.execute("UPDATE docs SET body = 'Simmer ripe tomatoes.' WHERE id = 1")

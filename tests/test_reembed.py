@@ -18,7 +18,7 @@ from providers import Hash32Embedder, HashEmbedder, OtherHashEmbedder, hash_vect
 
 
 def synced(db_url: str) -> tuple[Settings, Database, Source]:
-    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, batch_size=2)
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, batch_size=2, index_min_rows=0)
     sync_once(settings, HashEmbedder())
     db = Database.from_settings(settings)
     [source] = schema.resolve_all(db, settings)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from syncer import schema, upgrade
+from syncer import schema, tables, upgrade
 from syncer.database import Database
 
 from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
@@ -74,7 +74,7 @@ def test_workers_starting_together_apply_safely(conn: psycopg.Connection, docs: 
 def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection, db_url: str) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 50) i")
-    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_after_rows=10)
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_after_rows=10, index_min_rows=0)
     provider = HashEmbedder(settings)
     schema.apply(Database.from_settings(settings), settings, provider)
     assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')").fetchone() == (None,)
@@ -87,6 +87,12 @@ def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection,
     conn.execute("ALTER TABLE docs_embeddings SET (parallel_workers = 3, fillfactor = 90)")
     assert conn.execute("SELECT syncer.docs_index_v1()").fetchone() == (True,)
     assert conn.execute(options).fetchone() == (["parallel_workers=3", "fillfactor=90"],)
+
+
+def test_stores_are_indexed_once_an_exact_search_would_take_longer_than_the_index() -> None:
+    default = tables.Indexing()
+    assert (default.threshold(384), default.threshold(256), default.threshold(1536)) == (7812, 11718, 1000)
+    assert tables.Indexing(min_rows=0).threshold(384) == 0
 
 
 def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:
@@ -113,6 +119,6 @@ def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:
         assert run.returncode == 0, output
         output, _ = (status := syncer_process(["status"], env)).communicate(timeout=60)
         assert status.returncode == 0, output
-        assert output.splitlines()[-1].split()[:5] == ["notes", "2", "2", "0", "0"]
+        assert output.splitlines()[-1].split()[:6] == ["notes", "2", "2", "exact", "0", "0"]
     finally:
         server.cleanup()

@@ -22,7 +22,7 @@ def search(conn: psycopg.Connection, text: str = BREAD, dimensions: int = 16) ->
 
 
 def test_any_search_path_and_planted_operators_are_harmless(conn: psycopg.Connection, docs: str, db_url: str) -> None:
-    sync_once(make_settings(db_url, DOCS), HashEmbedder())
+    sync_once(make_settings(db_url, DOCS, index_min_rows=0), HashEmbedder())
     conn.execute("CREATE SCHEMA trap")
     conn.execute(
         "CREATE FUNCTION trap.distance(public.vector, public.vector) RETURNS float8 LANGUAGE sql "

@@ -101,7 +101,7 @@ def test_truncate_empties_the_store(conn: psycopg.Connection, docs: str, db_url:
 def test_search_function_ranks_filters_and_uses_the_index(
     conn: psycopg.Connection, docs: str, db_url: str, minilm
 ) -> None:
-    sync_once(make_settings(db_url), minilm)
+    sync_once(make_settings(db_url, index_min_rows=0), minilm)
     query = minilm.embed_query("how do I cook tomato soup?")
 
     rows = conn.execute("SELECT id, title, similarity FROM syncer.search_docs(%s, 2)", [query]).fetchall()

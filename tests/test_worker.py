@@ -21,7 +21,7 @@ from syncer.wakeup import Wakeup
 from syncer.worker import Worker, WorkerOptions
 
 from helpers import make_settings, queue_depth, sha256, stored, syncer_env, syncer_process
-from providers import HashEmbedder
+from providers import HashEmbedder, hash_vector
 
 HASH_PROVIDER = "tests.providers:HashEmbedder"
 ARMED = (  # a worker sleeps armed: it holds the wake lock (WAKE_LOCK, 0) exclusively
@@ -177,6 +177,25 @@ def test_no_wakeup_is_lost_while_writers_race_two_sleeping_workers(
             thread.join()
         final = dict(conn.execute("SELECT id, body FROM docs WHERE body IS NOT NULL").fetchall())
         wait_for(lambda: all(stored(conn).get(k, (None, None))[1] == sha256(t) for k, t in final.items()), 10)
+
+
+def test_a_store_is_searched_exactly_until_it_holds_enough_vectors_for_its_index(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    """Below SYNCER_INDEX_MIN_ROWS no write pays for an HNSW index and searches are exact; the running worker
+    builds the index once its edits have grown the store that far."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10)
+    index = "SELECT to_regclass('public.syncer_docs_hnsw')"
+    nearest = "SELECT id FROM syncer.search_docs(%s, 1)"
+    with running(settings):
+        wait_for(lambda: queue_depth(conn) == 0 and len(stored(conn)) == 4)
+        conn.execute("INSERT INTO docs (id, body) SELECT i, 'row ' || i FROM generate_series(100, 104) i")
+        wait_for(embedded(conn, 104, "row 104"))
+        assert conn.execute(index).fetchone() == (None,)  # 9 vectors
+        assert conn.execute(nearest, [hash_vector("row 102")]).fetchone() == (102,)
+        conn.execute("INSERT INTO docs (id, body) VALUES (105, 'row 105')")
+        wait_for(lambda: conn.execute(index).fetchone() != (None,))
+        assert conn.execute(nearest, [hash_vector("row 102")]).fetchone() == (102,)
 
 
 def test_poll_only_mode_never_listens(conn: psycopg.Connection, docs: str, db_url: str) -> None:

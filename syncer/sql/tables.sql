@@ -125,6 +125,10 @@ REVOKE ALL ON FUNCTION {index_fn}(bigint, integer) FROM PUBLIC
 -- Build the store's HNSW index through the owner's function.
 SELECT {index_fn}(%(memory_kb)s, %(workers)s)
 
+-- name: store_rows
+-- The store's vectors, counted up to a cap (a large store is not read through to say it is large).
+SELECT count(*) FROM (SELECT FROM {store} LIMIT %(cap)s) AS capped
+
 -- name: drop_index_function
 -- Remove a store's index function (a re-embed's shadow store, once switched in).
 DROP FUNCTION IF EXISTS {index_fn}(bigint, integer)
