@@ -6,7 +6,8 @@ the corpus) and spawns `syncer run --once` with the OpenAI provider against the 
 start-up (to "syncing"), storing the vectors (to the start of the HNSW index build), the build
 ("built hnsw index ... in X s"), and exit (from "queue drained"). Each size runs with the index
 build at its defaults, with PostgreSQL's default 64 MB (SYNCER_INDEX_MEMORY=64MB; skipped where the
-default sizing is no larger) and with no parallel workers (SYNCER_INDEX_WORKERS=0), alternating
+default sizing is no larger), with no parallel workers (SYNCER_INDEX_WORKERS=0) and indexed whatever its
+size (SYNCER_INDEX_MIN_ROWS=0: at defaults a store below the threshold gets no index), alternating
 within each round. Then, for the smallest size, one run under `python -X importtime` and one under
 cProfile show where the whole process's time goes.
 
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from syncer import tables
 
 import wholeprocess
 from common import (
@@ -61,9 +64,15 @@ VARIANTS: dict[str, dict[str, str]] = {
     "64MB": {"SYNCER_INDEX_MEMORY": "64MB"},
     "workers=0": {"SYNCER_INDEX_WORKERS": "0"},
     "during the backfill": {"SYNCER_INDEX_AFTER_ROWS": "1000000000"},  # maintained row by row, no build after
+    "indexed": {"SYNCER_INDEX_MIN_ROWS": "0"},  # an index however small the store
 }
 DURING_UP_TO = 20_000  # rows: maintaining the index row by row is run only on backfills this small
-INDEX_VARIABLES = ("SYNCER_INDEX_MEMORY", "SYNCER_INDEX_WORKERS", "SYNCER_INDEX_AFTER_ROWS")  # the variants' own
+INDEX_VARIABLES = (  # the variants' own
+    "SYNCER_INDEX_MEMORY",
+    "SYNCER_INDEX_WORKERS",
+    "SYNCER_INDEX_AFTER_ROWS",
+    "SYNCER_INDEX_MIN_ROWS",
+)
 MIN_INDEX_KB = 65536  # the floor of syncer's index memory sizing (sql/tables.sql)
 TARGET_RATES = {5000: 2500.0, 100_000: 5000.0}  # issue 10, whole process at defaults, rows/s
 TARGET_WHOLE_OVER_STORE, WHOLE_OVER_STORE_ROWS = 2.0, 100_000  # issue 10: whole process <= 2x storing the vectors
@@ -155,8 +164,11 @@ class Lab:
             verify_store(url, self.expected[size])
             with psycopg.connect(url) as conn:
                 row = conn.execute(HNSW_INDEXES).fetchone()
-        if not row or row[0] != 1:
-            raise BenchError("the store has no HNSW index after the backfill")
+        min_rows = environment.get("SYNCER_INDEX_MIN_ROWS")
+        indexing = tables.Indexing(min_rows=int(min_rows) if min_rows else None)
+        expected = int(size >= indexing.threshold(self.dimensions or MODEL_DIMENSIONS))
+        if not row or row[0] != expected:
+            raise BenchError(f"the store has {row and row[0]} HNSW indexes after the backfill, not {expected}")
         self.api.requests.clear()  # the fake server keeps every request: not 100k texts a run
         return finished
 
@@ -181,9 +193,11 @@ def sized_kb(rows: int, dimensions: int) -> int:
 
 def variants_for(rows: int, dimensions: int, wanted: list[str]) -> list[str]:
     """The variants worth running: 64MB only where the default sizing gives more, the index maintained
-    during the backfill only on small ones."""
+    during the backfill only on small ones, "indexed" only where the defaults build no index."""
     more_memory = sized_kb(rows, dimensions or MODEL_DIMENSIONS) > MIN_INDEX_KB
-    return [v for v in wanted if (v != "64MB" or more_memory) and (v != "during the backfill" or rows <= DURING_UP_TO)]
+    unindexed = rows < tables.Indexing().threshold(dimensions or MODEL_DIMENSIONS)
+    skip = {"64MB": not more_memory, "during the backfill": rows > DURING_UP_TO, "indexed": not unindexed}
+    return [v for v in wanted if not skip.get(v, False)]
 
 
 def measure(where: Lab, args: argparse.Namespace) -> list[Measured]:

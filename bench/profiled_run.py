@@ -28,7 +28,7 @@ def main() -> int:
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        from syncer.cli import main as syncer_main
+        from syncer.cli import entry as syncer_main
 
         code = syncer_main(args)
     finally:

@@ -70,7 +70,7 @@ def test_wheel_carries_migrations_sql_and_the_syncer_command(dists: tuple[Path, 
     assert sql and migrations
     assert {"syncer/migrations/env.py", "syncer/migrations/script.py.mako", *sql, *migrations} <= names
     assert metadata["Name"] == DIST_NAME
-    assert "syncer = syncer.cli:main" in entry_points
+    assert "syncer = syncer.cli:entry" in entry_points
     # An extra that named `syncer[...]` would install PyPI's unrelated package.
     required = {canonicalize_name(Requirement(r).name) for r in metadata.get_all("Requires-Dist")}
     assert "psycopg" in required and "syncer" not in required
