@@ -21,6 +21,7 @@ class Chunk:
     start: int  # character offsets in the row's text: text[start:end]
     end: int
     text: str | None  # None: the chunk is the whole text
+    tokens: int | None = None  # the whole text's tokens, when the chunker counted them to see that it fits
 
 
 class Chunker:
@@ -47,8 +48,11 @@ class Chunker:
         whole = [Chunk(0, len(text), None)]
         if self._splitter is None or self.count is None or self.capacity is None:
             return whole
-        if (self.bound is not None and self.bound(text) <= self.capacity) or self.count(text) <= self.capacity:
+        if self.bound is not None and self.bound(text) <= self.capacity:
             return whole
+        tokens = self.count(text)
+        if tokens <= self.capacity:
+            return [Chunk(0, len(text), None, tokens)]
         chunks = [Chunk(start, start + len(piece), piece) for start, piece in self._splitter.chunk_indices(text)]
         return chunks or whole
 

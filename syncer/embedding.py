@@ -42,26 +42,38 @@ def embed(
     labels: list[str] | None = None,
     on_too_long: Literal["truncate", "error"] = "truncate",
     name: str = "provider",
+    tokens: list[int | None] | None = None,
 ) -> Embedded:
-    """Embed ``texts`` (``labels`` name their rows in messages; ``name`` the provider in metrics).
+    """Embed ``texts`` (``labels`` name their rows in messages; ``name`` the provider in metrics; ``tokens``
+    what the chunker counted of them, None where it did not count).
 
     Texts over the provider's input limit are cut with a warning, or recorded as errors.
     """
     labels = labels or [str(i) for i in range(len(texts))]
     result = Embedded()
-    fitted = _fit(provider, texts, labels, on_too_long, result, name)
+    fitted = _fit(provider, texts, labels, on_too_long, result, name, tokens or [None] * len(texts))
     _embed_part(provider, fitted, [i for i in range(len(texts)) if i not in result.errors], result, name)
     return result
 
 
 def _fit(
-    provider: Provider, texts: list[str], labels: list[str], on_too_long: str, result: Embedded, name: str
+    provider: Provider,
+    texts: list[str],
+    labels: list[str],
+    on_too_long: str,
+    result: Embedded,
+    name: str,
+    counted: list[int | None],
 ) -> list[str]:
     if not isinstance(provider, Fits):
         return texts
     bound = provider.token_bound if isinstance(provider, Bounds) else None
     fitted, cut, sent = [], [], 0
-    for position, text in enumerate(texts):
+    for position, (text, known) in enumerate(zip(texts, counted, strict=True)):
+        if known is not None and known <= provider.max_input_tokens:
+            fitted.append(text)  # counted by the chunker: it fits as it is
+            sent += known
+            continue
         if bound is not None and bound(text) <= provider.max_input_tokens:
             fitted.append(text)  # fits as it is: no tokenizer run
             continue

@@ -207,16 +207,17 @@ class Worker:
     def _embed(self, batch: queue.Batch) -> tuple[dict[int, list[queue.Piece]], dict[int, str]]:
         """Each key's chunks embedded, or the key's error (one chunk's error is its row's)."""
         split = self.chunkers[batch.source.name]
-        texts, labels, owners = [], [], []
+        texts, labels, tokens, owners = [], [], [], []
         for change in batch.embed:
             assert change.text is not None  # planned: rows with no text are unstored, not embedded
             chunks = split.split(change.text)
             for number, chunk in enumerate(chunks):
                 texts.append(change.text if chunk.text is None else chunk.text)
                 labels.append(change.key if len(chunks) == 1 else f"{change.key} chunk {number}")
+                tokens.append(chunk.tokens)
                 owners.append((change.seq, number, chunk))
         o = self.options
-        result = embedding.embed(self.provider, texts, labels, o.on_too_long, o.provider_name)
+        result = embedding.embed(self.provider, texts, labels, o.on_too_long, o.provider_name, tokens)
         errors: dict[int, str] = {}
         vectors: dict[int, list[queue.Piece]] = {}
         for position, (seq, number, chunk) in enumerate(owners):

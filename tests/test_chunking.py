@@ -165,3 +165,26 @@ def test_hybrid_search_finds_an_exact_identifier(conn: psycopg.Connection, db_ur
     with Database(db_url).connect() as c:
         _, rows = search.top(c, source, minilm.embed_query(query), 3, text=query if hybrid else None)
     assert (rows[0][0] == 4) is hybrid  # only hybrid search ranks the row with the identifier first
+
+
+class CountingWords(WordEmbedder):
+    """WordEmbedder that records the texts it counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted: list[str] = []
+
+    def fit(self, text: str) -> tuple[str, int]:
+        self.counted.append(text)
+        return super().fit(text)
+
+
+def test_a_text_that_fits_is_counted_once(conn: psycopg.Connection, db_url: str) -> None:
+    """The chunker counts a row's text to see that it fits; the embed step trusts that count."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'a short row'), (2, %s)", [" ".join(f"w{i}" for i in range(40))])
+    provider = CountingWords()
+    sync_once(make_settings(db_url, {"table": "docs", "columns": ["body"]}), provider)
+    assert provider.counted.count("a short row") == 1
+    assert {t for call in provider.calls for t in call} >= {"a short row"}  # and embedded whole
+    assert len(chunks(conn, 2)) > 1  # the long one was split by the same counts
