@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from syncer import tables
+from syncer.indexing import Indexing
 
 import wholeprocess
 from common import (
@@ -165,8 +165,10 @@ class Lab:
             with psycopg.connect(url) as conn:
                 row = conn.execute(HNSW_INDEXES).fetchone()
         min_rows = environment.get("SYNCER_INDEX_MIN_ROWS")
-        indexing = tables.Indexing(min_rows=int(min_rows) if min_rows else None)
-        expected = int(size >= indexing.threshold(self.dimensions or MODEL_DIMENSIONS))
+        threshold = Indexing(min_rows=int(min_rows) if min_rows else None).threshold(
+            self.dimensions or MODEL_DIMENSIONS
+        )
+        expected = int(threshold is not None and size >= threshold)
         if not row or row[0] != expected:
             raise BenchError(f"the store has {row and row[0]} HNSW indexes after the backfill, not {expected}")
         self.api.requests.clear()  # the fake server keeps every request: not 100k texts a run
@@ -195,7 +197,8 @@ def variants_for(rows: int, dimensions: int, wanted: list[str]) -> list[str]:
     """The variants worth running: 64MB only where the default sizing gives more, the index maintained
     during the backfill only on small ones, "indexed" only where the defaults build no index."""
     more_memory = sized_kb(rows, dimensions or MODEL_DIMENSIONS) > MIN_INDEX_KB
-    unindexed = rows < tables.Indexing().threshold(dimensions or MODEL_DIMENSIONS)
+    threshold = Indexing().threshold(dimensions or MODEL_DIMENSIONS)
+    unindexed = threshold is None or rows < threshold
     skip = {"64MB": not more_memory, "during the backfill": rows > DURING_UP_TO, "indexed": not unindexed}
     return [v for v in wanted if not skip.get(v, False)]
 

@@ -42,16 +42,16 @@ def embed(
     labels: list[str] | None = None,
     on_too_long: Literal["truncate", "error"] = "truncate",
     name: str = "provider",
-    tokens: list[int | None] | None = None,
+    counted: list[int | None] | None = None,
 ) -> Embedded:
-    """Embed ``texts`` (``labels`` name their rows in messages; ``name`` the provider in metrics; ``tokens``
-    what the chunker counted of them, None where it did not count).
+    """Embed ``texts`` (``labels`` name their rows in messages; ``name`` the provider in metrics; ``counted``
+    their tokens where the chunker counted them, else None).
 
     Texts over the provider's input limit are cut with a warning, or recorded as errors.
     """
     labels = labels or [str(i) for i in range(len(texts))]
     result = Embedded()
-    fitted = _fit(provider, texts, labels, on_too_long, result, name, tokens or [None] * len(texts))
+    fitted = _fit(provider, texts, labels, on_too_long, result, name, counted or [None] * len(texts))
     _embed_part(provider, fitted, [i for i in range(len(texts)) if i not in result.errors], result, name)
     return result
 

@@ -315,6 +315,12 @@ def busy(conn: psycopg.Connection, source: Source) -> bool:
     return bool(row and row[0])
 
 
+def bulk_queued(conn: psycopg.Connection, source: Source) -> bool:
+    """Whether any bulk key (a backfill, reconcile or re-embed) is queued or in hand, dead ones aside."""
+    row = conn.execute(query("queue", "bulk_queued", queue=source.queue)).fetchone()
+    return bool(row and row[0])
+
+
 def pending(conn: psycopg.Connection, source: Source, cap: int) -> int:
     """Keys waiting or in hand, counted up to ``cap``."""
     row = conn.execute(query("queue", "pending", **fragments.parts(source)), {"cap": cap}).fetchone()

@@ -23,6 +23,7 @@ from psycopg import sql
 from . import capture, catalog, queue, registry, search, tables
 from .database import Database, transaction
 from .errors import ConfigError
+from .indexing import HNSW_MAX_DIMENSIONS, Indexing
 from .providers import Provider
 from .queries import query
 from .registry import Registration
@@ -173,15 +174,18 @@ def apply_source(
 
 
 def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dimensions: int) -> None:
-    """Build the store's index before its queue is worked when the store is (or is about to be) large enough to
-    need one and the queue small enough to pay the inserts; else the workers build it once that is so."""
-    pending = queue.pending(conn, source, settings.index_after_rows + 1)
-    if pending > settings.index_after_rows:
-        return
-    indexing = tables.Indexing.from_settings(settings)
-    threshold = indexing.threshold(dimensions)
-    if tables.store_rows(conn, source, threshold) + pending >= threshold:
-        tables.ensure_index(conn, source, indexing)
+    """Build the store's index before its queue is worked when it is due (``Indexing.due``): a small backfill
+    then maintains it; else the workers build it once it is."""
+    indexing = Indexing.from_settings(settings)
+    if indexing.threshold(dimensions) is None:
+        log.warning(
+            "%s: pgvector indexes vectors of at most %d dimensions, not %d: searches scan the store",
+            source.name,
+            HNSW_MAX_DIMENSIONS,
+            dimensions,
+        )
+    elif indexing.due(conn, source, dimensions):
+        indexing.build(conn, source)
 
 
 def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> Requeue:

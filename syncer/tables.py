@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from . import catalog, fragments
 from .queries import query
-from .settings import Settings, memory_kb
 from .sources import SYNCER_SCHEMA, Source
 
 log = logging.getLogger(__name__)
@@ -19,31 +17,6 @@ log = logging.getLogger(__name__)
 MODEL_CONSTRAINT = "syncer_one_model"  # the store's CHECK that only its model's vectors go in
 QUEUE_COLUMNS = ("dead_at", "refresh", "bulk")  # present once a queue is of 0.2
 CHUNK_COLUMN = "chunk"  # present once a store holds chunks
-# Stores an exact search (a scan) reads in about 3 ms here, and an HNSW index would not serve better: no write
-# then pays the index's upkeep (about 2 ms of PostgreSQL CPU a vector). Vectors of up to 500 dimensions are
-# stored in the row: 3,000,000 numbers (7,812 vectors of 384 dimensions: 2.0 ms). Longer ones (over 2 kB) are
-# stored out of line (TOAST), and reading one back costs about 2.5 µs whatever its length: 1,000 vectors.
-EXACT_SEARCH_NUMBERS, INLINE_DIMENSIONS, EXACT_SEARCH_OUT_OF_LINE = 3_000_000, 500, 1_000
-
-
-@dataclass(frozen=True)
-class Indexing:
-    """When and how a store's HNSW index is built."""
-
-    memory_kb: int | None = None  # the build's memory (None: sized to the index)
-    workers: int | None = None  # its parallel workers (None: the server's setting)
-    min_rows: int | None = None  # vectors a store holds before it is indexed (None: sized to the vectors)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Indexing:
-        memory = memory_kb(settings.index_memory) if settings.index_memory else None
-        return cls(memory, settings.index_workers, settings.index_min_rows)
-
-    def threshold(self, dimensions: int) -> int:
-        """Vectors of ``dimensions`` a store holds before it gets its index."""
-        if self.min_rows is not None:
-            return self.min_rows
-        return EXACT_SEARCH_NUMBERS // dimensions if dimensions <= INLINE_DIMENSIONS else EXACT_SEARCH_OUT_OF_LINE
 
 
 def create_queue(conn: psycopg.Connection, source: Source) -> None:
@@ -165,12 +138,17 @@ def install_index_function(conn: psycopg.Connection, source: Source) -> None:
     conn.execute(query("tables", "index_function", **index_parts(source)))
 
 
-def ensure_index(conn: psycopg.Connection, source: Source, indexing: Indexing) -> bool:
-    """Build the store's HNSW index if it is missing and no other worker is building it; True if built."""
+def ensure_index(
+    conn: psycopg.Connection, source: Source, memory_kb: int | None = None, workers: int | None = None
+) -> bool:
+    """Build the store's HNSW index if it is missing and no other worker is building it; True if built.
+
+    ``memory_kb`` and ``workers``: the build's memory and parallel workers (default: sized to the index,
+    the server's setting)."""
     if indexed(conn, source):
         return False
     started = time.monotonic()
-    params = {"memory_kb": indexing.memory_kb, "workers": indexing.workers}
+    params = {"memory_kb": memory_kb, "workers": workers}
     row = conn.execute(query("tables", "build_index", **index_parts(source)), params).fetchone()
     if not (row and row[0]):
         return False

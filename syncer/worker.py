@@ -23,6 +23,7 @@ from . import chunking, embedding, metrics, queue, report, tables
 from .database import Database, transaction
 from .errors import ProviderError
 from .health import Health
+from .indexing import Indexing
 from .lanes import Lanes
 from .leases import Leases
 from .progress import Progress
@@ -50,7 +51,7 @@ class WorkerOptions:
     on_too_long: Literal["truncate", "error"] = "truncate"
     failures: queue.Failures = queue.Failures(10.0, 3600.0, 10)
     provider_name: str = "provider"  # its label in metrics
-    indexing: tables.Indexing = tables.Indexing()
+    indexing: Indexing = Indexing()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
@@ -66,7 +67,7 @@ class WorkerOptions:
             on_too_long=settings.on_too_long,
             failures=queue.Failures(settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts),
             provider_name=settings.provider,
-            indexing=tables.Indexing.from_settings(settings),
+            indexing=Indexing.from_settings(settings),
         )
 
 
@@ -90,8 +91,9 @@ class Worker:
         self.wakeup = Wakeup(db, options.poll_interval, options.notify)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
-        self._indexed: set[str] = set()  # sources whose store has its index (or another worker builds it)
-        self._unindexed: dict[str, int] = {}  # vectors to store before a source's store is counted again
+        self._indexed: set[str] = set()  # sources whose store has its index (or never will, or another builds it)
+        self._grown = {source.name for source in source_list}  # stores written since the last look at their index
+        self._looked = 0.0  # when a drain last looked (time.monotonic())
         self.lanes = Lanes()
         self._failures = 0  # connection or provider failures in a row
         self.embedded = 0  # vectors written by this worker
@@ -161,7 +163,8 @@ class Worker:
         """Process batches, each source's live edits then its bulk work in turn (``Lanes``), until none is ready;
         returns keys settled. An edit waits for at most the bulk batch in hand. After a pass that found only a
         few keys, wait ``linger`` seconds: a steady trickle of edits then goes in a few larger batches, not in a
-        claim and a settle per edit."""
+        claim and a settle per edit. Stores that need their index get it after the drain, or within a poll
+        interval while a stream of edits keeps it going."""
         settled = 0
         pending: Future[int] | None = None
         try:
@@ -181,6 +184,10 @@ class Worker:
                         pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
+                if time.monotonic() - self._looked >= self.options.poll_interval:  # a stream that never drains
+                    if pending is not None:  # an index build would hold up our own settle
+                        settled, pending = settled + pending.result(), None
+                    self._ensure_indexes(claim_conn)
                 if claimed < self.options.batch_size // LINGER_BELOW:
                     self._stop.wait(linger)
         finally:
@@ -207,17 +214,17 @@ class Worker:
     def _embed(self, batch: queue.Batch) -> tuple[dict[int, list[queue.Piece]], dict[int, str]]:
         """Each key's chunks embedded, or the key's error (one chunk's error is its row's)."""
         split = self.chunkers[batch.source.name]
-        texts, labels, tokens, owners = [], [], [], []
+        texts, labels, counted, owners = [], [], [], []
         for change in batch.embed:
             assert change.text is not None  # planned: rows with no text are unstored, not embedded
             chunks = split.split(change.text)
             for number, chunk in enumerate(chunks):
                 texts.append(change.text if chunk.text is None else chunk.text)
                 labels.append(change.key if len(chunks) == 1 else f"{change.key} chunk {number}")
-                tokens.append(chunk.tokens)
+                counted.append(chunk.tokens)
                 owners.append((change.seq, number, chunk))
         o = self.options
-        result = embedding.embed(self.provider, texts, labels, o.on_too_long, o.provider_name, tokens)
+        result = embedding.embed(self.provider, texts, labels, o.on_too_long, o.provider_name, counted)
         errors: dict[int, str] = {}
         vectors: dict[int, list[queue.Piece]] = {}
         for position, (seq, number, chunk) in enumerate(owners):
@@ -244,9 +251,8 @@ class Worker:
         if outcome.unreached:
             self.leases.linger(batch.only(set(outcome.unreached)))
         self.embedded += outcome.stored
-        name = batch.source.name
-        if name not in self._indexed:
-            self._unindexed[name] = self._unindexed.get(name, 0) - sum(map(len, vectors.values()))
+        if outcome.stored:
+            self._grown.add(batch.source.name)
         metrics.settled(batch.source.name, outcome.counts(), outcome.ages)
         extra = {"source": batch.source.name, "batch": len(batch)}
         log.debug("%s: settled %s", batch.source.name, outcome.counts(), extra=extra)
@@ -256,22 +262,23 @@ class Worker:
         return outcome.settled
 
     def _ensure_indexes(self, conn: psycopg.Connection) -> None:
-        """Build a store's index once it holds enough vectors to need one (``Indexing.threshold``) and, after a
-        large backfill, once no key of its source is ready or in hand."""
-        threshold = self.options.indexing.threshold(self.provider.dimensions)
+        """Build the indexes that are due (``Indexing.due``) of the stores written since the last look, once no
+        bulk work of their source is queued or in hand (any worker's: a backfill's build waits for its end)."""
+        self._looked = time.monotonic()
         for source in self.sources:
-            if source.name in self._indexed or self._unindexed.get(source.name, 0) > 0:
+            if source.name in self._indexed or source.name not in self._grown:
                 continue
+            self._grown.discard(source.name)
+            indexing = self.options.indexing
             with transaction(conn):
-                if queue.busy(conn, source):
+                if queue.bulk_queued(conn, source):
+                    self._grown.add(source.name)  # look again after the next drain
                     continue
-                if not tables.indexed(conn, source):
-                    short = threshold - tables.store_rows(conn, source, threshold)
-                    if short > 0:  # counted again once this worker has stored that many
-                        self._unindexed[source.name] = short
-                        continue
-                    tables.ensure_index(conn, source, self.options.indexing)
-            self._indexed.add(source.name)
+                if tables.indexed(conn, source) or indexing.threshold(self.provider.dimensions) is None:
+                    self._indexed.add(source.name)
+                elif indexing.due(conn, source, self.provider.dimensions):
+                    indexing.build(conn, source)
+                    self._indexed.add(source.name)
 
 
 def backlog_progress(db: Database, source_list: list[Source]) -> dict[str, Progress]:

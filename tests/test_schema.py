@@ -7,9 +7,11 @@ import threading
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from syncer import schema, tables, upgrade
+from syncer import schema, upgrade
 from syncer.database import Database
+from syncer.indexing import Indexing
 
 from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
 from providers import HashEmbedder
@@ -90,9 +92,28 @@ def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection,
 
 
 def test_stores_are_indexed_once_an_exact_search_would_take_longer_than_the_index() -> None:
-    default = tables.Indexing()
+    default = Indexing()
     assert (default.threshold(384), default.threshold(256), default.threshold(1536)) == (7812, 11718, 1000)
-    assert tables.Indexing(min_rows=0).threshold(384) == 0
+    assert Indexing(min_rows=0).threshold(384) == 0
+    assert Indexing(min_rows=0).threshold(3072) is None  # over pgvector's 2,000: never
+
+
+class Wide(HashEmbedder):
+    model_id, dimensions = "test/hash-2048", 2048
+
+
+def test_a_store_too_wide_for_hnsw_is_searched_exactly_and_run_once_ends(
+    conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 12) i")
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=0)
+    sync_once(settings, Wide())  # returns: no build is tried (pgvector would refuse it every time)
+    assert conn.execute("SELECT count(*), to_regclass('public.syncer_docs_hnsw') FROM docs_embeddings").fetchone() == (
+        12,
+        None,
+    )
+    assert "pgvector indexes vectors of at most 2000 dimensions, not 2048" in caplog.text
 
 
 def test_embedded_server_is_shared_across_commands(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
@@ -24,6 +25,7 @@ from helpers import make_settings, queue_depth, sha256, stored, syncer_env, sync
 from providers import HashEmbedder, hash_vector
 
 HASH_PROVIDER = "tests.providers:HashEmbedder"
+INDEX = "SELECT to_regclass('public.syncer_docs_hnsw')"
 ARMED = (  # a worker sleeps armed: it holds the wake lock (WAKE_LOCK, 0) exclusively
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid AND objid = 0 "
     "AND mode = 'ExclusiveLock' AND granted"
@@ -185,17 +187,64 @@ def test_a_store_is_searched_exactly_until_it_holds_enough_vectors_for_its_index
     """Below SYNCER_INDEX_MIN_ROWS no write pays for an HNSW index and searches are exact; the running worker
     builds the index once its edits have grown the store that far."""
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10)
-    index = "SELECT to_regclass('public.syncer_docs_hnsw')"
     nearest = "SELECT id FROM syncer.search_docs(%s, 1)"
     with running(settings):
         wait_for(lambda: queue_depth(conn) == 0 and len(stored(conn)) == 4)
         conn.execute("INSERT INTO docs (id, body) SELECT i, 'row ' || i FROM generate_series(100, 104) i")
         wait_for(embedded(conn, 104, "row 104"))
-        assert conn.execute(index).fetchone() == (None,)  # 9 vectors
+        assert conn.execute(INDEX).fetchone() == (None,)  # 9 vectors
         assert conn.execute(nearest, [hash_vector("row 102")]).fetchone() == (102,)
         conn.execute("INSERT INTO docs (id, body) VALUES (105, 'row 105')")
-        wait_for(lambda: conn.execute(index).fetchone() != (None,))
+        wait_for(lambda: conn.execute(INDEX).fetchone() != (None,))
         assert conn.execute(nearest, [hash_vector("row 102")]).fetchone() == (102,)
+
+
+def test_a_store_growing_under_a_steady_stream_of_inserts_gets_its_index(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    """Inserts every 10 ms keep the worker from ever finding the queue empty: it still looks at the store's
+    index every poll interval."""
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=20)
+    stop = threading.Event()
+
+    def insert() -> None:
+        with psycopg.connect(db_url, autocommit=True) as writer:
+            key = 1000
+            while not stop.wait(0.01):
+                writer.execute("INSERT INTO docs (id, body) VALUES (%s, %s)", [key, f"row {key}"])
+                key += 1
+
+    inserter = threading.Thread(target=insert, daemon=True)
+    with running(settings):
+        inserter.start()
+        try:
+            wait_for(lambda: conn.execute(INDEX).fetchone() != (None,), timeout=15)
+        finally:
+            stop.set()
+            inserter.join(5)
+
+
+def test_workers_that_each_stored_too_few_still_index_the_store_they_grew_together(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10)
+    db, provider = Database.from_settings(settings), HashEmbedder(settings)
+    sources = [s for s, _ in schema.apply(db, settings, provider)]
+    first, second = (Worker(db, provider, sources, WorkerOptions.from_settings(settings)) for _ in range(2))
+
+    def drain(worker: Worker) -> None:
+        with db.connect() as claim, db.connect() as write, ThreadPoolExecutor(1) as writer:
+            worker.drain(claim, write, writer)
+
+    drain(first)  # the 4 rows with text: 6 short
+    drain(second)
+    conn.execute("INSERT INTO docs (id, body) SELECT i, 'row ' || i FROM generate_series(100, 103) i")
+    drain(first)
+    assert conn.execute(INDEX).fetchone() == (None,)  # 8
+    conn.execute("INSERT INTO docs (id, body) SELECT i, 'row ' || i FROM generate_series(200, 203) i")
+    drain(second)
+    assert conn.execute("SELECT count(*) FROM docs_embeddings").fetchone() == (12,)
+    assert conn.execute(INDEX).fetchone() == ("syncer_docs_hnsw",)
 
 
 def test_poll_only_mode_never_listens(conn: psycopg.Connection, docs: str, db_url: str) -> None:

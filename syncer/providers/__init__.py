@@ -45,7 +45,8 @@ class Fits(Protocol):
     max_input_tokens: int
 
     def fit(self, text: str) -> tuple[str, int]:
-        """(the text as it will be embedded, cut to the limit if need be; its length in tokens before that)."""
+        """(the text as it will be embedded: as it is when it fits, else cut to the limit; its length in tokens
+        before that)."""
         ...
 
 
