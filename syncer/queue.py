@@ -316,7 +316,7 @@ def busy(conn: psycopg.Connection, source: Source) -> bool:
 
 
 def bulk_queued(conn: psycopg.Connection, source: Source) -> bool:
-    """Whether any bulk key (a backfill, reconcile or re-embed) is queued or in hand, dead ones aside."""
+    """Whether any bulk key (a backfill, reconcile or re-embed) is ready or in hand (backing off or dead: no)."""
     row = conn.execute(query("queue", "bulk_queued", queue=source.queue)).fetchone()
     return bool(row and row[0])
 

@@ -14,7 +14,7 @@ from syncer.database import Database
 from syncer.indexing import Indexing
 
 from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
-from providers import HashEmbedder
+from providers import HashEmbedder, PoisonEmbedder
 
 
 def test_migrations_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
@@ -96,6 +96,18 @@ def test_stores_are_indexed_once_an_exact_search_would_take_longer_than_the_inde
     assert (default.threshold(384), default.threshold(256), default.threshold(1536)) == (7812, 11718, 1000)
     assert Indexing(min_rows=0).threshold(384) == 0
     assert Indexing(min_rows=0).threshold(3072) is None  # over pgvector's 2,000: never
+
+
+def test_a_backfill_row_backing_off_does_not_hold_up_the_index(conn: psycopg.Connection, db_url: str) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 30) i")
+    conn.execute("UPDATE docs SET body = 'POISON' WHERE id = 7")
+    settings = make_settings(
+        db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10, index_after_rows=5, retry_base_seconds=60
+    )
+    sync_once(settings, PoisonEmbedder())  # the backfill, bulk work: row 7 backs off for a minute
+    assert conn.execute("SELECT count(*) FROM syncer.docs_queue WHERE bulk AND attempts = 1").fetchone() == (1,)
+    assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw')::text").fetchone() == ("syncer_docs_hnsw",)
 
 
 class Wide(HashEmbedder):

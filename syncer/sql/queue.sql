@@ -202,8 +202,9 @@ SELECT EXISTS (SELECT FROM {log}) OR EXISTS (
     WHERE dead_at IS NULL AND (not_before <= now() OR lease_until > now()))
 
 -- name: bulk_queued
--- Whether bulk work (a backfill, reconcile or re-embed) is queued or in hand: the store's index waits for it.
-SELECT EXISTS (SELECT FROM {queue} WHERE bulk AND dead_at IS NULL)
+-- Whether bulk work (a backfill, reconcile or re-embed) is ready or in hand: the store's index waits for it (not
+-- for a failing row's backoff).
+SELECT EXISTS (SELECT FROM {queue} WHERE bulk AND dead_at IS NULL AND (not_before <= now() OR lease_until > now()))
 
 -- name: failures
 -- Failing and dead rows, dead first, then the most recent failures.
