@@ -309,12 +309,6 @@ def ready(conn: psycopg.Connection, source: Source) -> bool:
     return bool(row and row[0])
 
 
-def busy(conn: psycopg.Connection, source: Source) -> bool:
-    """Whether any key is ready or leased (dead and backing-off keys wait for no one)."""
-    row = conn.execute(query("queue", "busy", **fragments.parts(source))).fetchone()
-    return bool(row and row[0])
-
-
 def bulk_queued(conn: psycopg.Connection, source: Source) -> bool:
     """Whether any bulk key (a backfill, reconcile or re-embed) is ready or in hand (backing off or dead: no)."""
     row = conn.execute(query("queue", "bulk_queued", queue=source.queue)).fetchone()

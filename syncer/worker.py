@@ -92,8 +92,8 @@ class Worker:
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
         self._indexed: set[str] = set()  # sources whose store has its index (or never will, or another builds it)
-        self._grown = {source.name for source in source_list}  # stores written since the last look at their index
-        self._looked = 0.0  # when a drain last looked (time.monotonic())
+        self._unlooked = {source.name for source in source_list}  # stores written since a look at their index
+        self._next_look: dict[str, float] = {}  # no look at a store before (time.monotonic()): it counts the store
         self.lanes = Lanes()
         self._failures = 0  # connection or provider failures in a row
         self.embedded = 0  # vectors written by this worker
@@ -146,12 +146,14 @@ class Worker:
                 self.drain(claim_conn, write_conn, writer, 0.0 if once else self.options.linger_seconds)
                 self._failures = 0
                 if once:
+                    self._ensure_indexes(claim_conn, final=True)
                     return
                 self.health.waiting()
                 self.wakeup.sleep(listen_conn, self._ready)
 
     def _ready(self, conn: psycopg.Connection) -> bool:
-        return any(queue.ready(conn, source) for source in self.sources)
+        """Whether to drain: a key is ready, or a store written since the last look is due one."""
+        return self._look_due() or any(queue.ready(conn, source) for source in self.sources)
 
     def drain(
         self,
@@ -184,7 +186,7 @@ class Worker:
                         pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
-                if time.monotonic() - self._looked >= self.options.poll_interval:  # a stream that never drains
+                if self._look_due():  # a stream of edits that never lets the drain end
                     if pending is not None:  # an index build would hold up our own settle
                         settled, pending = settled + pending.result(), None
                     self._ensure_indexes(claim_conn)
@@ -251,8 +253,8 @@ class Worker:
         if outcome.unreached:
             self.leases.linger(batch.only(set(outcome.unreached)))
         self.embedded += outcome.stored
-        if outcome.stored:
-            self._grown.add(batch.source.name)
+        if outcome.stored and batch.source.name not in self._indexed:
+            self._unlooked.add(batch.source.name)
         metrics.settled(batch.source.name, outcome.counts(), outcome.ages)
         extra = {"source": batch.source.name, "batch": len(batch)}
         log.debug("%s: settled %s", batch.source.name, outcome.counts(), extra=extra)
@@ -261,24 +263,38 @@ class Worker:
             bar.advance(outcome.done)
         return outcome.settled
 
-    def _ensure_indexes(self, conn: psycopg.Connection) -> None:
-        """Build the indexes that are due (``Indexing.due``) of the stores written since the last look, once no
-        bulk work of their source is queued or in hand (any worker's: a backfill's build waits for its end)."""
-        self._looked = time.monotonic()
+    def _look_due(self) -> bool:
+        """Whether a store written since its last look may be looked at again (a look that found it too small, or
+        bulk work in hand, comes back a poll interval later; through the poll, if nothing else drains)."""
+        now = time.monotonic()
+        return any(now >= self._next_look.get(name, 0.0) for name in self._unlooked)
+
+    def _ensure_indexes(self, conn: psycopg.Connection, final: bool = False) -> None:
+        """Look at the stores written since their last look, and build the indexes that are due
+        (``Indexing.due``) once no bulk work of their source is ready or in hand (any worker's: a backfill's
+        build waits for its end). ``final``: the last look of ``run --once``, taken whenever a look was due."""
+        now = time.monotonic()
+        indexing, dimensions = self.options.indexing, self.provider.dimensions
         for source in self.sources:
-            if source.name in self._indexed or source.name not in self._grown:
+            name = source.name
+            if name not in self._unlooked or (now < self._next_look.get(name, 0.0) and not final):
                 continue
-            self._grown.discard(source.name)
-            indexing = self.options.indexing
+            if name in self._indexed or indexing.threshold(dimensions) is None:
+                self._indexed.add(name)
+                self._unlooked.discard(name)
+                continue
             with transaction(conn):
                 if queue.bulk_queued(conn, source):
-                    self._grown.add(source.name)  # look again after the next drain
+                    self._next_look[name] = now + self.options.poll_interval
                     continue
-                if tables.indexed(conn, source) or indexing.threshold(self.provider.dimensions) is None:
-                    self._indexed.add(source.name)
-                elif indexing.due(conn, source, self.provider.dimensions):
-                    indexing.build(conn, source)
-                    self._indexed.add(source.name)
+                if tables.indexed(conn, source):
+                    self._indexed.add(name)
+                elif indexing.due(conn, source, dimensions):
+                    indexing.build(conn, source)  # or another worker holds the build, and builds it
+                    self._indexed.add(name)
+                else:
+                    self._next_look[name] = now + self.options.poll_interval
+            self._unlooked.discard(name)
 
 
 def backlog_progress(db: Database, source_list: list[Source]) -> dict[str, Progress]:

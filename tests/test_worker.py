@@ -14,10 +14,12 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-from syncer import queue, schema
+from syncer import queue, schema, tables
 from syncer.database import Database
 from syncer.fragments import WAKE_LOCK
+from syncer.indexing import Indexing
 from syncer.settings import Settings
+from syncer.sources import Source
 from syncer.wakeup import Wakeup
 from syncer.worker import Worker, WorkerOptions
 
@@ -224,17 +226,63 @@ def test_a_store_growing_under_a_steady_stream_of_inserts_gets_its_index(
             inserter.join(5)
 
 
+def test_a_store_too_small_for_its_index_is_counted_at_most_once_a_poll_interval(
+    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted: list[int] = []
+    store_rows = tables.store_rows
+    monkeypatch.setattr(tables, "store_rows", lambda c, s, cap: counted.append(cap) or store_rows(c, s, cap))
+    with running(make_settings(db_url, {"table": "docs", "columns": ["body"]}, poll_interval=60)) as worker:
+        assert worker.wakeup.listening.wait(5)
+        wait_for(lambda: queue_depth(conn) == 0 and len(counted) == 2)  # apply's look, the backfill's
+        for n in range(5):
+            conn.execute("UPDATE docs SET body = %s WHERE id = 1", [f"edit {n}"])
+            wait_for(embedded(conn, 1, f"edit {n}"))
+    assert len(counted) == 2, counted  # not once an edit
+
+
+def drained_by(db: Database) -> Callable[[Worker], None]:
+    """One pass of ``run --once`` by a worker that lives on (its state carries over to the next)."""
+
+    def drain(worker: Worker) -> None:
+        time.sleep(worker.options.poll_interval)  # a look is due again
+        with db.connect() as claim, db.connect() as write, ThreadPoolExecutor(1) as writer:
+            worker.drain(claim, write, writer)
+
+    return drain
+
+
+def test_a_look_at_the_index_cut_short_by_a_lost_connection_is_taken_again(
+    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs_body = {"table": "docs", "columns": ["body"]}
+    settings = make_settings(db_url, docs_body, index_min_rows=3, index_after_rows=1, poll_interval=0.01)
+    db, provider = Database.from_settings(settings), HashEmbedder(settings)
+    sources = [s for s, _ in schema.apply(db, settings, provider)]  # 4 rows to embed: no index yet
+    worker, drain = Worker(db, provider, sources, WorkerOptions.from_settings(settings)), drained_by(db)
+    due, cut = Indexing.due, []
+
+    def cutting(self: Indexing, c: psycopg.Connection, source: Source, dimensions: int) -> bool:
+        if not cut:
+            cut.append(c.info.backend_pid)
+            conn.execute("SELECT pg_terminate_backend(%s)", cut)
+        return due(self, c, source, dimensions)
+
+    monkeypatch.setattr(Indexing, "due", cutting)
+    with pytest.raises(psycopg.OperationalError):
+        drain(worker)
+    drain(worker)
+    assert conn.execute(INDEX).fetchone() == ("syncer_docs_hnsw",)
+
+
 def test_workers_that_each_stored_too_few_still_index_the_store_they_grew_together(
     conn: psycopg.Connection, docs: str, db_url: str
 ) -> None:
-    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10)
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]}, index_min_rows=10, poll_interval=0.01)
     db, provider = Database.from_settings(settings), HashEmbedder(settings)
     sources = [s for s, _ in schema.apply(db, settings, provider)]
     first, second = (Worker(db, provider, sources, WorkerOptions.from_settings(settings)) for _ in range(2))
-
-    def drain(worker: Worker) -> None:
-        with db.connect() as claim, db.connect() as write, ThreadPoolExecutor(1) as writer:
-            worker.drain(claim, write, writer)
+    drain = drained_by(db)
 
     drain(first)  # the 4 rows with text: 6 short
     drain(second)

@@ -195,12 +195,6 @@ RETURNING q.seq
 -- How many of these keys, unchanged since the claim, are no longer ours: their lease ran out and was taken.
 SELECT count(*) FROM {queue} WHERE seq = ANY(%(seqs)s) AND lease_token IS DISTINCT FROM %(token)s
 
--- name: busy
--- Whether any key is logged, ready or leased: an index built now would slow the inserts still to come.
-SELECT EXISTS (SELECT FROM {log}) OR EXISTS (
-    SELECT FROM {queue}
-    WHERE dead_at IS NULL AND (not_before <= now() OR lease_until > now()))
-
 -- name: bulk_queued
 -- Whether bulk work (a backfill, reconcile or re-embed) is ready or in hand: the store's index waits for it (not
 -- for a failing row's backoff).
