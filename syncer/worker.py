@@ -167,7 +167,7 @@ class Worker:
         few keys, wait ``linger`` seconds: a steady trickle of edits then goes in a few larger batches, not in a
         claim and a settle per edit. Stores that need their index get it after the drain, or within a poll
         interval while a stream of edits keeps it going."""
-        settled = 0
+        settled, began = 0, time.monotonic()
         pending: Future[int] | None = None
         try:
             while not self.stopping:
@@ -186,7 +186,7 @@ class Worker:
                         pending = writer.submit(self._settle, write_conn, batch, vectors, errors)
                 if not claimed:
                     break
-                if self._look_due():  # a stream of edits that never lets the drain end
+                if time.monotonic() - began >= self.options.poll_interval and self._look_due():  # a long drain
                     if pending is not None:  # an index build would hold up our own settle
                         settled, pending = settled + pending.result(), None
                     self._ensure_indexes(claim_conn)
