@@ -226,7 +226,8 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="a store gets its HNSW index once it holds this many vectors; smaller ones are searched "
-        "exactly (default: 3,000,000 / dimensions up to 500 dimensions, e.g. 7,812 of 384; 1,000 above)",
+        "exactly (default: 3,000,000 / dimensions up to 500 dimensions, e.g. 7,812 of 384; 1,000 above; never above "
+        "2,000, pgvector's limit)",
     )
     application_name: str = "syncer"
     http_port: int | None = Field(
