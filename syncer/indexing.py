@@ -56,6 +56,6 @@ class Indexing:
             return False
         return tables.store_rows(conn, source, threshold) + pending >= threshold
 
-    def build(self, conn: psycopg.Connection, source: Source) -> None:
-        """Build the store's index unless it exists or another worker builds it."""
-        tables.ensure_index(conn, source, self.memory_kb, self.workers)
+    def build(self, conn: psycopg.Connection, source: Source) -> bool:
+        """Build the store's index unless it exists or another worker is building it; True if built now."""
+        return tables.ensure_index(conn, source, self.memory_kb, self.workers)

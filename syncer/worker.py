@@ -91,8 +91,10 @@ class Worker:
         self.wakeup = Wakeup(db, options.poll_interval, options.notify)
         self.leases = Leases(db, options.lease_seconds, options.max_batch_seconds)
         self._stop = threading.Event()
-        self._indexed: set[str] = set()  # sources whose store has its index (or never will, or another builds it)
-        self._unlooked = {source.name for source in source_list}  # stores written since a look at their index
+        names = {source.name for source in source_list}
+        never = options.indexing.threshold(provider.dimensions) is None  # pgvector cannot index such vectors
+        self._indexed = names if never else set()  # sources whose store has its index (or never will)
+        self._unlooked = set() if never else set(names)  # stores written since a look at their index
         self._next_look: dict[str, float] = {}  # no look at a store before (time.monotonic()): it counts the store
         self.lanes = Lanes()
         self._failures = 0  # connection or provider failures in a row
@@ -274,27 +276,30 @@ class Worker:
         (``Indexing.due``) once no bulk work of their source is ready or in hand (any worker's: a backfill's
         build waits for its end). ``final``: the last look of ``run --once``, taken whenever a look was due."""
         now = time.monotonic()
-        indexing, dimensions = self.options.indexing, self.provider.dimensions
         for source in self.sources:
             name = source.name
             if name not in self._unlooked or (now < self._next_look.get(name, 0.0) and not final):
                 continue
-            if name in self._indexed or indexing.threshold(dimensions) is None:
+            seen = self._look(conn, source)
+            if seen == "indexed":
                 self._indexed.add(name)
+            else:
+                self._next_look[name] = now + self.options.poll_interval
+            if seen != "wait":  # a store not due is looked at again once written again
                 self._unlooked.discard(name)
-                continue
-            with transaction(conn):
-                if queue.bulk_queued(conn, source):
-                    self._next_look[name] = now + self.options.poll_interval
-                    continue
-                if tables.indexed(conn, source):
-                    self._indexed.add(name)
-                elif indexing.due(conn, source, dimensions):
-                    indexing.build(conn, source)  # or another worker holds the build, and builds it
-                    self._indexed.add(name)
-                else:
-                    self._next_look[name] = now + self.options.poll_interval
-            self._unlooked.discard(name)
+
+    def _look(self, conn: psycopg.Connection, source: Source) -> Literal["indexed", "not due", "wait"]:
+        """One look at a store's index: it has one (built now, maybe), it is not due one, or the look is to be
+        taken again (bulk work in hand, or another worker's build, which may not finish)."""
+        indexing = self.options.indexing
+        with transaction(conn):
+            if queue.bulk_queued(conn, source):
+                return "wait"
+            if tables.indexed(conn, source):
+                return "indexed"
+            if not indexing.due(conn, source, self.provider.dimensions):
+                return "not due"
+            return "indexed" if indexing.build(conn, source) else "wait"
 
 
 def backlog_progress(db: Database, source_list: list[Source]) -> dict[str, Progress]:

@@ -275,6 +275,24 @@ def test_a_look_at_the_index_cut_short_by_a_lost_connection_is_taken_again(
     assert conn.execute(INDEX).fetchone() == ("syncer_docs_hnsw",)
 
 
+def test_a_store_whose_build_another_worker_held_is_looked_at_again(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
+    """The other builder may die before its build commits: the index is not taken for built."""
+    docs_body = {"table": "docs", "columns": ["body"]}
+    settings = make_settings(db_url, docs_body, index_min_rows=3, index_after_rows=1, poll_interval=0.01)
+    db, provider = Database.from_settings(settings), HashEmbedder(settings)
+    sources = [s for s, _ in schema.apply(db, settings, provider)]  # 4 rows to embed: no index yet
+    worker, drain = Worker(db, provider, sources, WorkerOptions.from_settings(settings)), drained_by(db)
+    builder = 'SELECT pg_advisory_lock(hashtext(\'"public"."syncer_docs_hnsw"\'))'  # the index function's lock
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute(builder)
+        drain(worker)
+        assert conn.execute(INDEX).fetchone() == (None,)
+    drain(worker)  # the other builder is gone, its build with it
+    assert conn.execute(INDEX).fetchone() == ("syncer_docs_hnsw",)
+
+
 def test_workers_that_each_stored_too_few_still_index_the_store_they_grew_together(
     conn: psycopg.Connection, docs: str, db_url: str
 ) -> None:
