@@ -252,14 +252,19 @@ def drained_by(db: Database) -> Callable[[Worker], None]:
     return drain
 
 
-def test_a_look_at_the_index_cut_short_by_a_lost_connection_is_taken_again(
-    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def unindexed_worker(db_url: str) -> tuple[Worker, Callable[[Worker], None]]:
+    """docs applied with its 4 rows to embed and no index yet (due at 3 vectors), a worker, and a drain of it."""
     docs_body = {"table": "docs", "columns": ["body"]}
     settings = make_settings(db_url, docs_body, index_min_rows=3, index_after_rows=1, poll_interval=0.01)
     db, provider = Database.from_settings(settings), HashEmbedder(settings)
-    sources = [s for s, _ in schema.apply(db, settings, provider)]  # 4 rows to embed: no index yet
-    worker, drain = Worker(db, provider, sources, WorkerOptions.from_settings(settings)), drained_by(db)
+    sources = [s for s, _ in schema.apply(db, settings, provider)]
+    return Worker(db, provider, sources, WorkerOptions.from_settings(settings)), drained_by(db)
+
+
+def test_a_look_at_the_index_cut_short_by_a_lost_connection_is_taken_again(
+    conn: psycopg.Connection, docs: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, drain = unindexed_worker(db_url)
     due, cut = Indexing.due, []
 
     def cutting(self: Indexing, c: psycopg.Connection, source: Source, dimensions: int) -> bool:
@@ -279,11 +284,7 @@ def test_a_store_whose_build_another_worker_held_is_looked_at_again(
     conn: psycopg.Connection, docs: str, db_url: str
 ) -> None:
     """The other builder may die before its build commits: the index is not taken for built."""
-    docs_body = {"table": "docs", "columns": ["body"]}
-    settings = make_settings(db_url, docs_body, index_min_rows=3, index_after_rows=1, poll_interval=0.01)
-    db, provider = Database.from_settings(settings), HashEmbedder(settings)
-    sources = [s for s, _ in schema.apply(db, settings, provider)]  # 4 rows to embed: no index yet
-    worker, drain = Worker(db, provider, sources, WorkerOptions.from_settings(settings)), drained_by(db)
+    worker, drain = unindexed_worker(db_url)
     builder = 'SELECT pg_advisory_lock(hashtext(\'"public"."syncer_docs_hnsw"\'))'  # the index function's lock
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute(builder)
