@@ -60,9 +60,10 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from syncer import catalog, fragments, schema, search, tables
+from syncer import catalog, fragments, schema, search
 from syncer.database import Database, transaction
 from syncer.fragments import PARAGRAPH, WHITESPACE
+from syncer.indexing import Indexing
 from syncer.providers import Provider, load_provider
 from syncer.report import format_table
 from syncer.settings import Settings, SourceConfig
@@ -170,6 +171,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--texts", type=int, default=5000, help="real texts the rows are made from (default 5000)")
     p.add_argument("--noise", type=float, default=0.6, help="norm of the noise added to each vector (default 0.6)")
     p.add_argument("--runs", type=int, default=3, help="timed passes over the queries (default 3)")
+    p.add_argument("--m", type=int, default=16, help="the HNSW graph's m (SYNCER_INDEX_M, default 16)")
+    p.add_argument(
+        "--ef-construction", type=int, default=64, help="the HNSW build's SYNCER_INDEX_EF_CONSTRUCTION (default 64)"
+    )
     args = p.parse_args(argv)
     if min(args.rows, args.queries, args.texts, args.runs) < 1 or args.noise < 0:
         p.error("--rows, --queries, --texts and --runs must be positive, --noise not negative")
@@ -274,14 +279,12 @@ def load_store(conn: psycopg.Connection, source: Source, rows: Rows, model_id: s
         conn.execute(sql.SQL(EMPTY_QUEUE).format(queue=source.queue))
 
 
-def build_index(conn: psycopg.Connection, source: Source) -> float:
+def build_index(conn: psycopg.Connection, source: Source, indexing: Indexing) -> float:
     """The store's HNSW index, built as the workers build it after a backfill; returns its seconds."""
     start = time.perf_counter()
-    conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
     with transaction(conn):
-        if not tables.ensure_index(conn, source):
+        if not indexing.build(conn, source):
             raise BenchError(f"{source.qualified_store}: the HNSW index was not built")
-    conn.execute("RESET maintenance_work_mem")
     return time.perf_counter() - start
 
 
@@ -299,7 +302,8 @@ def load(db: Database, settings: Settings, provider: Provider, data: dict[str, R
             load_store(conn, source, rows, provider.model_id)
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(source.table))
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(source.store))
-            loaded[config.source_name] = Loaded(len(rows.bodies), len(rows.chunks), build_index(conn, source))
+            seconds = build_index(conn, source, Indexing.from_settings(settings))
+            loaded[config.source_name] = Loaded(len(rows.bodies), len(rows.chunks), seconds)
             progress(
                 f"{config.source_name}: loaded, HNSW index built in {loaded[config.source_name].index_seconds:.1f}s"
             )
@@ -609,7 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     texts, held = split_texts(args.texts, args.queries)
     rng = np.random.default_rng(SEED)
     with postgres() as server:
-        settings = Settings(database_url=server.url, sources=[PLAIN, CHUNKED])
+        settings = Settings(
+            database_url=server.url,
+            sources=[PLAIN, CHUNKED],
+            index_memory=MAINTENANCE_WORK_MEM,
+            index_m=args.m,
+            index_ef_construction=args.ef_construction,
+        )
         provider = load_provider(settings)
         progress(f"embedding {len(texts)} texts and {len(held)} queries")
         vectors = np.asarray(provider.embed_documents(texts), dtype=np.float32)

@@ -31,11 +31,20 @@ class Indexing:
     workers: int | None = None  # its parallel workers (None: the server's setting)
     min_rows: int | None = None  # vectors a store holds before it is indexed (None: sized to the vectors)
     after_rows: int = 1000  # a backlog of more keys than this is worked off before the index is built
+    m: int = tables.HNSW_M  # the graph's links per node
+    ef_construction: int = tables.HNSW_EF_CONSTRUCTION  # candidates the build weighs per node
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Indexing:
         memory = memory_kb(settings.index_memory) if settings.index_memory else None
-        return cls(memory, settings.index_workers, settings.index_min_rows, settings.index_after_rows)
+        return cls(
+            memory,
+            settings.index_workers,
+            settings.index_min_rows,
+            settings.index_after_rows,
+            settings.index_m,
+            settings.index_ef_construction,
+        )
 
     def threshold(self, dimensions: int) -> int | None:
         """Vectors of ``dimensions`` a store holds before it gets its index; None: never (pgvector cannot)."""
@@ -58,4 +67,9 @@ class Indexing:
 
     def build(self, conn: psycopg.Connection, source: Source) -> bool:
         """Build the store's index unless it exists or another worker is building it; True if built now."""
-        return tables.ensure_index(conn, source, self.memory_kb, self.workers)
+        return tables.ensure_index(conn, source, self.memory_kb, self.workers, self.m, self.ef_construction)
+
+    def built_otherwise(self, conn: psycopg.Connection, source: Source) -> tuple[int, int] | None:
+        """The store's index's (m, ef_construction) where they are not these; None if they are, or no index."""
+        built = tables.index_options(conn, source)
+        return built if built is not None and built != (self.m, self.ef_construction) else None

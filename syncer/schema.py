@@ -184,6 +184,20 @@ def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dim
             HNSW_MAX_DIMENSIONS,
             dimensions,
         )
+    elif (built := indexing.built_otherwise(conn, source)) is not None:
+        index = tables.qualified_index(source)
+        options = f"m = {indexing.m}, ef_construction = {indexing.ef_construction}"
+        log.warning(
+            "%s: index %s was built with m = %d, ef_construction = %d, not the configured %s; to rebuild it while "
+            "searches go on: ALTER INDEX %s SET (%s); REINDEX INDEX CONCURRENTLY %s",
+            source.name,
+            index,
+            *built,
+            options,
+            index,
+            options,
+            index,
+        )
     elif indexing.due(conn, source, dimensions):
         indexing.build(conn, source)
 

@@ -222,6 +222,10 @@ class Settings(BaseSettings):
     index_after_rows: int = Field(
         1000, ge=0, description="backfills larger than this build the HNSW index after loading"
     )
+    index_m: int = Field(16, ge=2, le=100, description="links per node of an HNSW index (pgvector's m)")
+    index_ef_construction: int = Field(
+        64, ge=4, le=1000, description="candidates an HNSW build weighs per node (pgvector's ef_construction)"
+    )
     index_min_rows: int | None = Field(
         None,
         ge=0,
@@ -248,6 +252,15 @@ class Settings(BaseSettings):
         if value is not None:
             memory_kb(value)
         return value
+
+    @model_validator(mode="after")
+    def _hnsw(self) -> Self:
+        if self.index_ef_construction < 2 * self.index_m:
+            raise ValueError(
+                f"SYNCER_INDEX_EF_CONSTRUCTION ({self.index_ef_construction}) must be at least twice "
+                f"SYNCER_INDEX_M ({self.index_m}): pgvector refuses such an index"
+            )
+        return self
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 MODEL_CONSTRAINT = "syncer_one_model"  # the store's CHECK that only its model's vectors go in
 QUEUE_COLUMNS = ("dead_at", "refresh", "bulk")  # present once a queue is of 0.2
 CHUNK_COLUMN = "chunk"  # present once a store holds chunks
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults
 
 
 def create_queue(conn: psycopg.Connection, source: Source) -> None:
@@ -109,12 +110,28 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[str]:
     return list(row[0]) if row and row[0] else []
 
 
+def qualified_index(source: Source) -> str:
+    return sql.Identifier(source.store_schema, source.index_name).as_string(None)
+
+
+def _index_function(source: Source, version: int = 2) -> sql.Identifier:
+    return sql.Identifier(SYNCER_SCHEMA, f"{source.name}{'_next' if source.shadow else ''}_index_v{version}")
+
+
+def _create_index(source: Source) -> sql.Composed:
+    parts = fragments.parts(source)
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {})").format(
+        sql.Identifier(source.index_name), parts["store"], parts["cosine_ops"]
+    )
+
+
 def index_parts(source: Source) -> dict[str, sql.Composable]:
-    qualified = sql.Identifier(source.store_schema, source.index_name).as_string(None)
     return fragments.parts(source) | {
-        "index_fn": sql.Identifier(SYNCER_SCHEMA, f"{source.name}{'_next' if source.shadow else ''}_index_v1"),
+        "index_fn": _index_function(source),
+        "index_fn_v1": _index_function(source, 1),  # 0.x's, without the graph's options: dropped
         "index": sql.Identifier(source.index_name),
-        "index_name": sql.Literal(qualified),
+        "index_name": sql.Literal(qualified_index(source)),
+        "create_index": sql.Literal(_create_index(source).as_string(None)),
         "store_name": sql.Literal(source.store.as_string(None)),
     }
 
@@ -130,7 +147,7 @@ def render(source: Source) -> list[sql.Composed]:
 
 
 def index_function_signature(source: Source) -> str:
-    return sql.SQL("{}(bigint, integer)").format(index_parts(source)["index_fn"]).as_string(None)
+    return sql.SQL("{}(bigint, integer, integer, integer)").format(_index_function(source)).as_string(None)
 
 
 def install_index_function(conn: psycopg.Connection, source: Source) -> None:
@@ -139,16 +156,21 @@ def install_index_function(conn: psycopg.Connection, source: Source) -> None:
 
 
 def ensure_index(
-    conn: psycopg.Connection, source: Source, memory_kb: int | None = None, workers: int | None = None
+    conn: psycopg.Connection,
+    source: Source,
+    memory_kb: int | None = None,
+    workers: int | None = None,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
 ) -> bool:
     """Build the store's HNSW index if it is missing and no other worker is building it; True if built.
 
     ``memory_kb`` and ``workers``: the build's memory and parallel workers (default: sized to the index,
-    the server's setting)."""
+    the server's setting); ``m`` and ``ef_construction``: the graph's (default: pgvector's)."""
     if indexed(conn, source):
         return False
     started = time.monotonic()
-    params = {"memory_kb": memory_kb, "workers": workers}
+    params = {"memory_kb": memory_kb, "workers": workers, "m": m, "ef_construction": ef_construction}
     row = conn.execute(query("tables", "build_index", **index_parts(source)), params).fetchone()
     if not (row and row[0]):
         return False
@@ -159,6 +181,15 @@ def ensure_index(
 
 def indexed(conn: psycopg.Connection, source: Source) -> bool:
     return catalog.exists(conn, source.store_schema, source.index_name)
+
+
+def index_options(conn: psycopg.Connection, source: Source) -> tuple[int, int] | None:
+    """The (m, ef_construction) the store's index was built with; None if it has none."""
+    row = conn.execute(query("tables", "index_options"), {"index": qualified_index(source)}).fetchone()
+    if row is None:
+        return None
+    options = dict(option.split("=", 1) for option in row[0] or [])
+    return int(options.get("m", HNSW_M)), int(options.get("ef_construction", HNSW_EF_CONSTRUCTION))
 
 
 def store_rows(conn: psycopg.Connection, source: Source, cap: int) -> int:

@@ -65,6 +65,17 @@ def test_bad_configuration_is_named(
     assert "Traceback" not in err
 
 
+def test_an_index_pgvector_would_refuse_is_named_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], docs: str, db_url: str
+) -> None:
+    sources = json.dumps([{"table": "docs", "columns": ["body"]}])
+    env = {"SYNCER_DATABASE_URL": db_url, "SYNCER_SOURCES": sources, "SYNCER_PROVIDER": HASH, "SYNCER_INDEX_M": "40"}
+    code, err = run_cli(monkeypatch, capsys, env, "run", "--once")
+    assert code == 2
+    assert "SYNCER_INDEX_EF_CONSTRUCTION (64) must be at least twice SYNCER_INDEX_M (40)" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("provider", "message"),
     [

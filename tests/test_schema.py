@@ -87,8 +87,51 @@ def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection,
     assert conn.execute(options).fetchone() == (None,)
     conn.execute("DROP INDEX syncer_docs_hnsw")
     conn.execute("ALTER TABLE docs_embeddings SET (parallel_workers = 3, fillfactor = 90)")
-    assert conn.execute("SELECT syncer.docs_index_v1()").fetchone() == (True,)
+    assert conn.execute("SELECT syncer.docs_index_v2()").fetchone() == (True,)
     assert conn.execute(options).fetchone() == (["parallel_workers=3", "fillfactor=90"],)
+
+
+def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuild_it(
+    conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 20) i")
+    source = {"table": "docs", "columns": ["body"]}
+    settings = make_settings(db_url, source, index_min_rows=10, index_m=8, index_ef_construction=20)
+    sync_once(settings, HashEmbedder(settings))
+    options = "SELECT reloptions FROM pg_class WHERE oid = to_regclass('public.syncer_docs_hnsw')"
+    assert conn.execute(options).fetchone() == (["m=8", "ef_construction=20"],)
+    # the defaults now: the index stays as it is (rebuilding a large one is the owner's call), and apply says how
+    settings = make_settings(db_url, source, index_min_rows=10)
+    sync_once(settings, HashEmbedder(settings))
+    assert (
+        'index "public"."syncer_docs_hnsw" was built with m = 8, ef_construction = 20, not the configured m = 16, '
+        in caplog.text
+    )
+    assert conn.execute(options).fetchone() == (["m=8", "ef_construction=20"],)
+    advice = caplog.text.split("while searches go on: ")[1].splitlines()[0]
+    assert advice == (
+        'ALTER INDEX "public"."syncer_docs_hnsw" SET (m = 16, ef_construction = 64); '
+        'REINDEX INDEX CONCURRENTLY "public"."syncer_docs_hnsw"'
+    )
+    for statement in advice.split("; "):
+        conn.execute(statement)
+    assert conn.execute(options).fetchone() == (["m=16", "ef_construction=64"],)
+    caplog.clear()
+    sync_once(settings, HashEmbedder(settings))
+    assert "was built with" not in caplog.text
+
+
+def test_apply_replaces_the_index_function_of_0x(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    provider, db = HashEmbedder(settings), Database.from_settings(settings)
+    schema.apply(db, settings, provider)
+    conn.execute("DROP FUNCTION syncer.docs_index_v2")
+    conn.execute("CREATE FUNCTION syncer.docs_index_v1(bigint, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
+    conn.execute("UPDATE syncer.sources SET objects = 'rendered by 0.x'")
+    schema.apply(db, settings, provider)
+    functions = "SELECT array_agg(proname::text) FROM pg_proc WHERE proname LIKE 'docs_index_v_'"
+    assert conn.execute(functions).fetchone() == (["docs_index_v2"],)
 
 
 def test_stores_are_indexed_once_an_exact_search_would_take_longer_than_the_index() -> None:

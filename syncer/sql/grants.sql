@@ -11,7 +11,7 @@ GRANT EXECUTE ON FUNCTION syncer.applied_v1(text), syncer.pending_rows(bigint) T
 GRANT SELECT ({columns}) ON {table} TO {role};
 GRANT SELECT, UPDATE, DELETE ON {log} TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {queue}, {store} TO {role};
-GRANT EXECUTE ON FUNCTION {index_fn}(bigint, integer) TO {role}
+GRANT EXECUTE ON FUNCTION {index_fn}(bigint, integer, integer, integer) TO {role}
 
 -- name: reader_source
 -- Per source: call the search functions, which read the source's rows and the store's keys, chunks, vectors

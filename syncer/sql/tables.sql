@@ -80,14 +80,19 @@ SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 -- (default: the server's max_parallel_maintenance_workers), also for a store under the 8 MB below which
 -- PostgreSQL plans none unless the store's parallel_workers says so (5,000 vectors of 256 dimensions: 1.0 s with
 -- one worker, 1.6 s without); a parallel build whose shared memory runs out (a container's small /dev/shm) is
--- done again without them. Searches go on meanwhile (CREATE INDEX lets reads be).
-CREATE OR REPLACE FUNCTION {index_fn}(memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL)
+-- done again without them. `m` and `ef_construction` are the graph's (pgvector's defaults: 16, 64; it checks
+-- them). Searches go on meanwhile (CREATE INDEX lets reads be). It replaces 0.x's _index_v1 (no graph options).
+DROP FUNCTION IF EXISTS {index_fn_v1}(bigint, integer);
+CREATE OR REPLACE FUNCTION {index_fn}(
+    memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL, m integer DEFAULT 16, ef_construction integer DEFAULT 64
+)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vectors bigint;
     dimensions integer;
     unset boolean;
+    build text := {create_index} || format(' WITH (m = %s, ef_construction = %s)', m, ef_construction);
 BEGIN
     IF to_regclass({index_name}) IS NOT NULL OR NOT pg_try_advisory_xact_lock(hashtext({index_name})) THEN
         RETURN false;
@@ -108,10 +113,10 @@ BEGIN
                        current_setting('max_parallel_maintenance_workers'));
     END IF;
     BEGIN
-        CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+        EXECUTE build;
     EXCEPTION WHEN disk_full OR out_of_memory THEN
         PERFORM set_config('max_parallel_maintenance_workers', '0', true);
-        CREATE INDEX IF NOT EXISTS {index} ON {store} USING hnsw (embedding {cosine_ops});
+        EXECUTE build;
     END;
     IF unset THEN
         ALTER TABLE {store} RESET (parallel_workers);
@@ -119,11 +124,16 @@ BEGIN
     RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION {index_fn}(bigint, integer) FROM PUBLIC
+REVOKE ALL ON FUNCTION {index_fn}(bigint, integer, integer, integer) FROM PUBLIC
 
 -- name: build_index
 -- Build the store's HNSW index through the owner's function.
-SELECT {index_fn}(%(memory_kb)s, %(workers)s)
+SELECT {index_fn}(%(memory_kb)s, %(workers)s, %(m)s, %(ef_construction)s)
+
+-- name: index_options
+-- The options the store's HNSW index was built with (e.g. m=8 and ef_construction=20; NULL: pgvector's defaults); no
+-- row if it has no index.
+SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%(index)s)
 
 -- name: store_rows
 -- The store's vectors, counted up to a cap (a large store is not read through to say it is large).
@@ -131,11 +141,13 @@ SELECT count(*) FROM (SELECT FROM {store} LIMIT %(cap)s) AS capped
 
 -- name: drop_index_function
 -- Remove a store's index function (a re-embed's shadow store, once switched in).
-DROP FUNCTION IF EXISTS {index_fn}(bigint, integer)
+DROP FUNCTION IF EXISTS {index_fn}(bigint, integer, integer, integer);
+DROP FUNCTION IF EXISTS {index_fn_v1}(bigint, integer)
 
 -- name: drop
 -- Remove the source's log, queue, store and index function (the source table itself is left alone).
-DROP FUNCTION IF EXISTS {index_fn}(bigint, integer);
+DROP FUNCTION IF EXISTS {index_fn}(bigint, integer, integer, integer);
+DROP FUNCTION IF EXISTS {index_fn_v1}(bigint, integer);
 DROP TABLE IF EXISTS {log};
 DROP TABLE IF EXISTS {queue};
 DROP TABLE IF EXISTS {store}
