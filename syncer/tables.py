@@ -132,6 +132,10 @@ def index_parts(source: Source) -> dict[str, sql.Composable]:
         "index": sql.Identifier(source.index_name),
         "index_name": sql.Literal(qualified_index(source)),
         "create_index": sql.Literal(_create_index(source).as_string(None)),
+        "index_fn_signature": sql.Literal(index_function_signature(source)),
+        "index_fn_v1_signature": sql.Literal(
+            sql.SQL("{}(bigint, integer)").format(_index_function(source, 1)).as_string(None)
+        ),
         "store_name": sql.Literal(source.store.as_string(None)),
     }
 

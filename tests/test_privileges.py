@@ -133,6 +133,25 @@ def test_a_worker_that_may_not_apply_names_syncer_apply(roles: Roles) -> None:
     roles.ok(roles.worker, "run", "--once", SYNCER_APPLY="never")
 
 
+def test_after_an_upgrade_the_worker_still_builds_the_index(roles: Roles) -> None:
+    roles.ok(roles.owner, "apply", SYNCER_INDEX_AFTER_ROWS="1")  # index deferred: the worker builds it
+    roles.ok(roles.owner, "grant", "worker", roles.worker)
+    with psycopg.connect(as_role(roles.url, roles.owner), autocommit=True) as owner:  # as 0.x left it
+        owner.execute("DROP FUNCTION syncer.docs_index_v2")
+        owner.execute(
+            "CREATE FUNCTION syncer.docs_index_v1(bigint, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'"
+        )
+        owner.execute("REVOKE ALL ON FUNCTION syncer.docs_index_v1 FROM PUBLIC")
+        owner.execute(f"GRANT EXECUTE ON FUNCTION syncer.docs_index_v1 TO {roles.worker}")
+        owner.execute("UPDATE syncer.sources SET objects = 'rendered by 0.x'")
+    roles.ok(roles.owner, "apply")  # the upgrade; `syncer grant worker` is not run again
+    roles.ok(roles.worker, "run", "--once", SYNCER_APPLY="never", SYNCER_INDEX_MIN_ROWS="0")
+    with psycopg.connect(roles.url) as admin:
+        functions = "SELECT array_agg(proname::text) FROM pg_proc WHERE proname LIKE 'docs_index_v_'"
+        assert admin.execute(functions).fetchone() == (["docs_index_v2"],)
+        assert admin.execute("SELECT to_regclass('public.syncer_docs_hnsw')::text").fetchone() == ("syncer_docs_hnsw",)
+
+
 def test_grant_print_changes_nothing(roles: Roles) -> None:
     roles.ok(roles.owner, "apply")
     printed = roles.ok(roles.owner, "grant", "worker", roles.worker, "--print")

@@ -81,8 +81,8 @@ SELECT conname FROM pg_constraint WHERE conrelid = %(oid)s AND contype = 'p'
 -- PostgreSQL plans none unless the store's parallel_workers says so (5,000 vectors of 256 dimensions: 1.0 s with
 -- one worker, 1.6 s without); a parallel build whose shared memory runs out (a container's small /dev/shm) is
 -- done again without them. `m` and `ef_construction` are the graph's (pgvector's defaults: 16, 64; it checks
--- them). Searches go on meanwhile (CREATE INDEX lets reads be). It replaces 0.x's _index_v1 (no graph options).
-DROP FUNCTION IF EXISTS {index_fn_v1}(bigint, integer);
+-- them). Searches go on meanwhile (CREATE INDEX lets reads be). It replaces 0.x's _index_v1 (no graph options),
+-- and whoever could run that one (a worker's role, granted by `syncer grant worker`) can run this one.
 CREATE OR REPLACE FUNCTION {index_fn}(
     memory_kb bigint DEFAULT NULL, workers integer DEFAULT NULL, m integer DEFAULT 16, ef_construction integer DEFAULT 64
 )
@@ -124,7 +124,21 @@ BEGIN
     RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION {index_fn}(bigint, integer, integer, integer) FROM PUBLIC
+REVOKE ALL ON FUNCTION {index_fn}(bigint, integer, integer, integer) FROM PUBLIC;
+DO $grant$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT a.grantee::regrole FROM pg_proc p, aclexplode(p.proacl) a
+        WHERE p.oid = to_regprocedure({index_fn_v1_signature}) AND a.privilege_type = 'EXECUTE'
+          AND a.grantee NOT IN (0, p.proowner)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', {index_fn_signature}, grantee);
+    END LOOP;
+END
+$grant$;
+DROP FUNCTION IF EXISTS {index_fn_v1}(bigint, integer)
 
 -- name: build_index
 -- Build the store's HNSW index through the owner's function.
