@@ -478,8 +478,9 @@ def print_context(info: dict[str, Any], args: argparse.Namespace, facts: dict[st
     print(f"  cpus {info['cpus']}, model {info['model']}")
     print(
         f"  postgres {info['postgres']}, pgvector {info['pgvector']}, shared_buffers {info['shared_buffers']}; "
-        f"HNSW m 16, ef_construction 64 (pgvector's defaults, as syncer builds it) with maintenance_work_mem "
-        f"{info['maintenance_work_mem']}, {info['max_parallel_maintenance_workers']} parallel maintenance workers"
+        f"HNSW m {args.m}, ef_construction {args.ef_construction} (built by syncer's index function) with "
+        f"maintenance_work_mem {info['maintenance_work_mem']}, {info['max_parallel_maintenance_workers']} parallel "
+        "maintenance workers"
     )
     print(
         f"  rows: noisy copies (noise {args.noise}) of {args.texts} real texts' vectors; cosine of a row to its "
