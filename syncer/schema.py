@@ -175,7 +175,8 @@ def apply_source(
 
 def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dimensions: int) -> None:
     """Build the store's index before its queue is worked when it is due (``Indexing.due``): a small backfill
-    then maintains it; else the workers build it once it is."""
+    then maintains it; else the workers build it once it is. An index of other options than configured, or a
+    rebuild that did not finish, is named with the SQL that rebuilds it (a large index is the owner's call)."""
     indexing = Indexing.from_settings(settings)
     if indexing.threshold(dimensions) is None:
         log.warning(
@@ -184,19 +185,29 @@ def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dim
             HNSW_MAX_DIMENSIONS,
             dimensions,
         )
+        return
+    index = tables.qualified_index(source)
+    options = f"m = {indexing.m}, ef_construction = {indexing.ef_construction}"
+    rebuild = f"ALTER INDEX {index} SET ({options}); REINDEX INDEX CONCURRENTLY {index}"
+    if (leftover := tables.unfinished_rebuild(conn, source)) is not None:
+        log.warning(
+            "%s: a rebuild of index %s did not finish (it left %s, invalid): the index is the graph it was, "
+            "whatever options it shows; to rebuild it while searches go on: DROP INDEX CONCURRENTLY %s; %s",
+            source.name,
+            index,
+            leftover,
+            leftover,
+            rebuild,
+        )
     elif (built := indexing.built_otherwise(conn, source)) is not None:
-        index = tables.qualified_index(source)
-        options = f"m = {indexing.m}, ef_construction = {indexing.ef_construction}"
         log.warning(
             "%s: index %s was built with m = %d, ef_construction = %d, not the configured %s; to rebuild it while "
-            "searches go on: ALTER INDEX %s SET (%s); REINDEX INDEX CONCURRENTLY %s",
+            "searches go on: %s",
             source.name,
             index,
             *built,
             options,
-            index,
-            options,
-            index,
+            rebuild,
         )
     elif indexing.due(conn, source, dimensions):
         indexing.build(conn, source)

@@ -196,6 +196,13 @@ def index_options(conn: psycopg.Connection, source: Source) -> tuple[int, int] |
     return int(options.get("m", HNSW_M)), int(options.get("ef_construction", HNSW_EF_CONSTRUCTION))
 
 
+def unfinished_rebuild(conn: psycopg.Connection, source: Source) -> str | None:
+    """The invalid index an unfinished REINDEX INDEX CONCURRENTLY of the store's index left; None if none."""
+    params = {"store": source.store.as_string(None), "prefix": f"{source.index_name}_ccnew"}
+    row = conn.execute(query("tables", "unfinished_rebuild"), params).fetchone()
+    return sql.Identifier(*row).as_string(None) if row else None
+
+
 def store_rows(conn: psycopg.Connection, source: Source, cap: int) -> int:
     """The store's vectors, counted up to ``cap``."""
     row = conn.execute(query("tables", "store_rows", store=source.store), {"cap": cap}).fetchone()

@@ -13,7 +13,7 @@ from syncer import schema, upgrade
 from syncer.database import Database
 from syncer.indexing import Indexing
 
-from helpers import make_settings, queue_depth, sync_once, syncer_env, syncer_process
+from helpers import login_role, make_settings, queue_depth, sync_once, syncer_env, syncer_process
 from providers import HashEmbedder, PoisonEmbedder
 
 
@@ -120,6 +120,60 @@ def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuil
     caplog.clear()
     sync_once(settings, HashEmbedder(settings))
     assert "was built with" not in caplog.text
+
+
+def test_a_rebuild_that_did_not_finish_is_still_named(
+    conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 20) i")
+    source = {"table": "docs", "columns": ["body"]}
+    settings = make_settings(db_url, source, index_min_rows=10, index_m=8, index_ef_construction=20)
+    sync_once(settings, HashEmbedder(settings))
+    settings = make_settings(db_url, source, index_min_rows=10)
+    sync_once(settings, HashEmbedder(settings))
+    alter, reindex = caplog.text.split("while searches go on: ")[1].splitlines()[0].split("; ")
+    conn.execute(alter)
+    with psycopg.connect(db_url) as writer:  # a write in flight: the REINDEX waits for it, and gives up
+        writer.execute("UPDATE docs_embeddings SET embedded_at = now() WHERE id = 1")
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute(reindex)
+        conn.execute("RESET lock_timeout")
+    assert conn.execute("SELECT to_regclass('public.syncer_docs_hnsw_ccnew')::text").fetchone() == (
+        "syncer_docs_hnsw_ccnew",
+    )
+    # the graph is still m = 8, ef_construction = 20 (the ALTER only changed what a rebuild will use)
+    caplog.clear()
+    sync_once(settings, HashEmbedder(settings))
+    advice = caplog.text.split("while searches go on: ")[1].splitlines()[0]
+    assert advice == (
+        'DROP INDEX CONCURRENTLY "public"."syncer_docs_hnsw_ccnew"; '
+        'ALTER INDEX "public"."syncer_docs_hnsw" SET (m = 16, ef_construction = 64); '
+        'REINDEX INDEX CONCURRENTLY "public"."syncer_docs_hnsw"'
+    )
+    for statement in advice.split("; "):
+        conn.execute(statement)
+    caplog.clear()
+    sync_once(settings, HashEmbedder(settings))
+    assert "rebuild" not in caplog.text
+
+
+def test_the_upgrade_keeps_who_may_grant_the_index_function(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
+    provider, db = HashEmbedder(settings), Database.from_settings(settings)
+    schema.apply(db, settings, provider)
+    conn.execute("DROP FUNCTION syncer.docs_index_v2")
+    conn.execute("CREATE FUNCTION syncer.docs_index_v1(bigint, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
+    conn.execute("REVOKE ALL ON FUNCTION syncer.docs_index_v1 FROM PUBLIC")
+    conn.execute("UPDATE syncer.sources SET objects = 'rendered by 0.x'")
+    with login_role(conn) as deployer, login_role(conn) as worker:  # a DBA's role that hands it on, and a plain one
+        conn.execute(f"GRANT EXECUTE ON FUNCTION syncer.docs_index_v1 TO {deployer} WITH GRANT OPTION")
+        conn.execute(f"GRANT EXECUTE ON FUNCTION syncer.docs_index_v1 TO {worker}")
+        schema.apply(db, settings, provider)
+        acl = "SELECT proacl::text[] FROM pg_proc WHERE proname = 'docs_index_v2'"
+        granted = {entry.split("/")[0] for entry in conn.execute(acl).fetchone()[0]}
+        assert {f"{deployer}=X*", f"{worker}=X"} <= granted
 
 
 def test_apply_replaces_the_index_function_of_0x(conn: psycopg.Connection, docs: str, db_url: str) -> None:

@@ -128,13 +128,15 @@ REVOKE ALL ON FUNCTION {index_fn}(bigint, integer, integer, integer) FROM PUBLIC
 DO $grant$
 DECLARE
     grantee regrole;
+    grantable boolean;
 BEGIN
-    FOR grantee IN
-        SELECT a.grantee::regrole FROM pg_proc p, aclexplode(p.proacl) a
+    FOR grantee, grantable IN
+        SELECT a.grantee::regrole, a.is_grantable FROM pg_proc p, aclexplode(p.proacl) a
         WHERE p.oid = to_regprocedure({index_fn_v1_signature}) AND a.privilege_type = 'EXECUTE'
           AND a.grantee NOT IN (0, p.proowner)
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', {index_fn_signature}, grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', {index_fn_signature}, grantee,
+                       CASE WHEN grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
 END
 $grant$;
@@ -148,6 +150,14 @@ SELECT {index_fn}(%(memory_kb)s, %(workers)s, %(m)s, %(ef_construction)s)
 -- The options the store's HNSW index was built with (e.g. m=8 and ef_construction=20; NULL: pgvector's defaults); no
 -- row if it has no index.
 SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%(index)s)
+
+-- name: unfinished_rebuild
+-- An invalid index that a REINDEX INDEX CONCURRENTLY of the store's HNSW index left behind: the rebuild did not
+-- finish, and the index is still the graph it was, whatever options an ALTER INDEX gave it since.
+SELECT n.nspname::text, c.relname::text FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid = to_regclass(%(store)s) AND NOT i.indisvalid AND starts_with(c.relname::text, %(prefix)s)
+ORDER BY c.relname LIMIT 1
 
 -- name: store_rows
 -- The store's vectors, counted up to a cap (a large store is not read through to say it is large).
