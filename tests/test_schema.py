@@ -12,6 +12,7 @@ import pytest
 from syncer import schema, upgrade
 from syncer.database import Database
 from syncer.indexing import Indexing
+from syncer.settings import Settings
 
 from helpers import login_role, make_settings, queue_depth, sync_once, syncer_env, syncer_process
 from providers import HashEmbedder, PoisonEmbedder
@@ -91,24 +92,32 @@ def test_large_backfill_builds_the_index_after_loading(conn: psycopg.Connection,
     assert conn.execute(options).fetchone() == (["parallel_workers=3", "fillfactor=90"],)
 
 
-def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuild_it(
-    conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+INDEX_OPTIONS = "SELECT reloptions FROM pg_class WHERE oid = to_regclass('public.syncer_docs_hnsw')"
+
+
+def index_of_8_and_20_then_the_defaults(conn: psycopg.Connection, db_url: str) -> Settings:
+    """A store indexed with m = 8, ef_construction = 20, then synced at the defaults; the defaults' settings."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 20) i")
     source = {"table": "docs", "columns": ["body"]}
     settings = make_settings(db_url, source, index_min_rows=10, index_m=8, index_ef_construction=20)
     sync_once(settings, HashEmbedder(settings))
-    options = "SELECT reloptions FROM pg_class WHERE oid = to_regclass('public.syncer_docs_hnsw')"
-    assert conn.execute(options).fetchone() == (["m=8", "ef_construction=20"],)
-    # the defaults now: the index stays as it is (rebuilding a large one is the owner's call), and apply says how
+    assert conn.execute(INDEX_OPTIONS).fetchone() == (["m=8", "ef_construction=20"],)
     settings = make_settings(db_url, source, index_min_rows=10)
     sync_once(settings, HashEmbedder(settings))
+    return settings
+
+
+def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuild_it(
+    conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = index_of_8_and_20_then_the_defaults(conn, db_url)
+    # the index stays as it is (rebuilding a large one is the owner's call), and apply says how
     assert (
         'index "public"."syncer_docs_hnsw" was built with m = 8, ef_construction = 20, not the configured m = 16, '
         in caplog.text
     )
-    assert conn.execute(options).fetchone() == (["m=8", "ef_construction=20"],)
+    assert conn.execute(INDEX_OPTIONS).fetchone() == (["m=8", "ef_construction=20"],)
     advice = caplog.text.split("while searches go on: ")[1].splitlines()[0]
     assert advice == (
         'ALTER INDEX "public"."syncer_docs_hnsw" SET (m = 16, ef_construction = 64); '
@@ -116,7 +125,7 @@ def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuil
     )
     for statement in advice.split("; "):
         conn.execute(statement)
-    assert conn.execute(options).fetchone() == (["m=16", "ef_construction=64"],)
+    assert conn.execute(INDEX_OPTIONS).fetchone() == (["m=16", "ef_construction=64"],)
     caplog.clear()
     sync_once(settings, HashEmbedder(settings))
     assert "was built with" not in caplog.text
@@ -125,13 +134,7 @@ def test_the_index_has_the_configured_graph_and_other_settings_say_how_to_rebuil
 def test_a_rebuild_that_did_not_finish_is_still_named(
     conn: psycopg.Connection, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs SELECT i, 'row ' || i FROM generate_series(1, 20) i")
-    source = {"table": "docs", "columns": ["body"]}
-    settings = make_settings(db_url, source, index_min_rows=10, index_m=8, index_ef_construction=20)
-    sync_once(settings, HashEmbedder(settings))
-    settings = make_settings(db_url, source, index_min_rows=10)
-    sync_once(settings, HashEmbedder(settings))
+    settings = index_of_8_and_20_then_the_defaults(conn, db_url)
     alter, reindex = caplog.text.split("while searches go on: ")[1].splitlines()[0].split("; ")
     conn.execute(alter)
     with psycopg.connect(db_url) as writer:  # a write in flight: the REINDEX waits for it, and gives up
@@ -159,7 +162,9 @@ def test_a_rebuild_that_did_not_finish_is_still_named(
     assert "rebuild" not in caplog.text
 
 
-def test_the_upgrade_keeps_who_may_grant_the_index_function(conn: psycopg.Connection, docs: str, db_url: str) -> None:
+def test_the_upgrade_replaces_the_index_function_and_keeps_who_may_run_it(
+    conn: psycopg.Connection, docs: str, db_url: str
+) -> None:
     settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
     provider, db = HashEmbedder(settings), Database.from_settings(settings)
     schema.apply(db, settings, provider)
@@ -174,16 +179,6 @@ def test_the_upgrade_keeps_who_may_grant_the_index_function(conn: psycopg.Connec
         acl = "SELECT proacl::text[] FROM pg_proc WHERE proname = 'docs_index_v2'"
         granted = {entry.split("/")[0] for entry in conn.execute(acl).fetchone()[0]}
         assert {f"{deployer}=X*", f"{worker}=X"} <= granted
-
-
-def test_apply_replaces_the_index_function_of_0x(conn: psycopg.Connection, docs: str, db_url: str) -> None:
-    settings = make_settings(db_url, {"table": "docs", "columns": ["body"]})
-    provider, db = HashEmbedder(settings), Database.from_settings(settings)
-    schema.apply(db, settings, provider)
-    conn.execute("DROP FUNCTION syncer.docs_index_v2")
-    conn.execute("CREATE FUNCTION syncer.docs_index_v1(bigint, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
-    conn.execute("UPDATE syncer.sources SET objects = 'rendered by 0.x'")
-    schema.apply(db, settings, provider)
     functions = "SELECT array_agg(proname::text) FROM pg_proc WHERE proname LIKE 'docs_index_v_'"
     assert conn.execute(functions).fetchone() == (["docs_index_v2"],)
 
