@@ -68,8 +68,3 @@ class Indexing:
     def build(self, conn: psycopg.Connection, source: Source) -> bool:
         """Build the store's index unless it exists or another worker is building it; True if built now."""
         return tables.ensure_index(conn, source, self.memory_kb, self.workers, self.m, self.ef_construction)
-
-    def built_otherwise(self, conn: psycopg.Connection, source: Source) -> tuple[int, int] | None:
-        """The store's index's (m, ef_construction) where they are not these; None if they are, or no index."""
-        built = tables.index_options(conn, source)
-        return built if built is not None and built != (self.m, self.ef_construction) else None

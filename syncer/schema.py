@@ -186,6 +186,11 @@ def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dim
             dimensions,
         )
         return
+    built = tables.index_options(conn, source)
+    if built is None:
+        if indexing.due(conn, source, dimensions):
+            indexing.build(conn, source)
+        return
     index = tables.qualified_index(source)
     options = f"m = {indexing.m}, ef_construction = {indexing.ef_construction}"
     rebuild = f"ALTER INDEX {index} SET ({options}); REINDEX INDEX CONCURRENTLY {index}"
@@ -199,7 +204,7 @@ def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dim
             leftover,
             rebuild,
         )
-    elif (built := indexing.built_otherwise(conn, source)) is not None:
+    elif built != (indexing.m, indexing.ef_construction):
         log.warning(
             "%s: index %s was built with m = %d, ef_construction = %d, not the configured %s; to rebuild it while "
             "searches go on: %s",
@@ -209,8 +214,6 @@ def _index_now(conn: psycopg.Connection, source: Source, settings: Settings, dim
             options,
             rebuild,
         )
-    elif indexing.due(conn, source, dimensions):
-        indexing.build(conn, source)
 
 
 def _install(conn: psycopg.Connection, source: Source, provider: Provider, objects: str, settings: Settings) -> Requeue:

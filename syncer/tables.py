@@ -129,7 +129,6 @@ def index_parts(source: Source) -> dict[str, sql.Composable]:
     return fragments.parts(source) | {
         "index_fn": _index_function(source),
         "index_fn_v1": _index_function(source, 1),  # 0.x's, without the graph's options: dropped
-        "index": sql.Identifier(source.index_name),
         "index_name": sql.Literal(qualified_index(source)),
         "create_index": sql.Literal(_create_index(source).as_string(None)),
         "index_fn_signature": sql.Literal(index_function_signature(source)),
@@ -171,8 +170,6 @@ def ensure_index(
 
     ``memory_kb`` and ``workers``: the build's memory and parallel workers (default: sized to the index,
     the server's setting); ``m`` and ``ef_construction``: the graph's (default: pgvector's)."""
-    if indexed(conn, source):
-        return False
     started = time.monotonic()
     params = {"memory_kb": memory_kb, "workers": workers, "m": m, "ef_construction": ef_construction}
     row = conn.execute(query("tables", "build_index", **index_parts(source)), params).fetchone()
